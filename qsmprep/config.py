@@ -1,0 +1,193 @@
+"""One settings object for a qsmprep run: execution options and algorithm choices.
+
+The CLI builds a :class:`Config` from its arguments and an optional preset
+(``--config preset.json`` or ``.toml``).  Only the top-level workflow builder reads it;
+stage builders receive explicit arguments.  The resolved configuration is written to
+the work directory, into ``dataset_description.json`` (``GeneratedBy[0].Configuration``)
+and, per stage, into the sidecars of the outputs it made.
+
+Each processing stage is a :class:`Stage`: a named ``method`` (validated against
+:data:`METHODS`) plus method-specific ``params`` that are passed as keyword arguments
+to the pure function in :mod:`qsmprep.qsm`.  Defaults live in :data:`DEFAULT_STAGES`
+and nowhere else.
+
+A preset looks like::
+
+    {"workflow": {"unwrapping": {"method": "laplacian"},
+                  "inversion": {"method": "tkd", "params": {"threshold": 0.2}},
+                  "reference": {"method": "whole-brain"}}}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qsmprep.errors import InputError
+
+#: Allowed methods per stage.  The first one listed is not necessarily the default.
+METHODS = {
+    "phase_units": ("auto", "int12", "int12-signed", "uint16", "radians"),
+    "phase_offset": ("none", "mcpc3ds"),
+    "unwrapping": ("laplacian", "romeo", "skimage"),
+    "combination": ("linear", "nonlinear", "per-echo"),
+    "r2star": ("loglinear", "arlo"),
+    "echo_average": ("rss", "mean"),
+    "masking": ("threshold", "bet"),
+    "background": ("vsharp", "pdf", "lbv"),
+    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv"),
+    "reference": ("whole-brain", "csf", "roi", "none"),
+}
+
+#: Defaults: the simplest correct method at each stage (the foundation pipeline).
+DEFAULT_STAGES = {
+    "phase_units": {"method": "auto", "params": {}},
+    "phase_offset": {"method": "none", "params": {}},
+    "unwrapping": {"method": "laplacian", "params": {}},
+    "combination": {"method": "linear", "params": {"intercept": True}},
+    "r2star": {"method": "loglinear", "params": {"r2star_max": 500.0}},
+    "echo_average": {"method": "rss", "params": {}},
+    "masking": {"method": "threshold", "params": {"refine": False, "erode_mm": 0.0}},
+    "background": {"method": "vsharp", "params": {"radius_max_mm": 12.0}},
+    "inversion": {"method": "tkd", "params": {"threshold": 0.19}},
+    "reference": {"method": "whole-brain", "params": {}},
+}
+
+ECHO_STRATEGIES = ("combined", "per-echo")
+PLUGINS = ("MultiProc", "Linear")
+
+
+@dataclass
+class Stage:
+    """One processing stage: a method name and its keyword parameters."""
+
+    method: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class WorkflowSettings:
+    """Algorithm choices; every field is recorded in the outputs' sidecars."""
+
+    #: Stage name -> :class:`Stage`; see :data:`METHODS` for the choices.
+    stages: dict = field(
+        default_factory=lambda: {k: Stage(**copy.deepcopy(v)) for k, v in DEFAULT_STAGES.items()}
+    )
+    #: Invert the echo-combined field ("combined") or each echo and average ("per-echo").
+    echo_strategy: str = "combined"
+    #: Zero padding (voxels per side) for FFT-based operators.
+    pad_voxels: int = 16
+
+    def stage(self, name):
+        return self.stages[name]
+
+
+@dataclass
+class ExecutionSettings:
+    """Where data comes from and goes to, and how the graph runs."""
+
+    bids_dir: str | None = None
+    output_dir: str | None = None
+    work_dir: str | None = None
+    participant_label: list | None = None
+    session_label: list | None = None
+    nprocs: int = 1
+    mem_gb: float | None = None
+    plugin: str = "MultiProc"
+    skip_bids_validation: bool = False
+    #: Field strength (T) to use when sidecars lack MagneticFieldStrength.
+    b0: float | None = None
+    verbosity: int = 0
+    run_uuid: str | None = None
+
+
+@dataclass
+class Config:
+    """The resolved settings of one run."""
+
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
+
+    def to_dict(self):
+        """JSON-serialisable dictionary of the whole configuration."""
+        return asdict(self)
+
+    def to_json(self, path):
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def update_workflow(self, preset, *, source="preset"):
+        """Apply a preset's ``workflow`` section (validated) on top of the current settings."""
+        wf = preset.get("workflow", preset)
+        unknown = set(wf) - set(METHODS) - {"echo_strategy", "pad_voxels", "stages"}
+        if unknown:
+            raise InputError(
+                f"unknown workflow setting(s) {sorted(unknown)}; known: "
+                f"{sorted(METHODS) + ['echo_strategy', 'pad_voxels']}",
+                path=source,
+            )
+        stages = dict(wf.get("stages", {}))
+        stages.update({k: v for k, v in wf.items() if k in METHODS})
+        for name, value in stages.items():
+            if isinstance(value, str):
+                value = {"method": value}
+            if not isinstance(value, dict) or set(value) - {"method", "params"}:
+                raise InputError(
+                    f"stage {name!r} must be a method name or {{'method': ..., 'params': {{...}}}}",
+                    path=source,
+                )
+            current = self.workflow.stages[name]
+            method = value.get("method", current.method)
+            if method not in METHODS[name]:
+                raise InputError(
+                    f"{name} method {method!r} is not one of {list(METHODS[name])}", path=source
+                )
+            params = dict(DEFAULT_STAGES[name]["params"]) if method != current.method else dict(current.params)
+            params.update(value.get("params", {}))
+            self.workflow.stages[name] = Stage(method=method, params=params)
+        if "echo_strategy" in wf:
+            if wf["echo_strategy"] not in ECHO_STRATEGIES:
+                raise InputError(
+                    f"echo_strategy {wf['echo_strategy']!r} is not one of {list(ECHO_STRATEGIES)}",
+                    path=source,
+                )
+            self.workflow.echo_strategy = wf["echo_strategy"]
+        if "pad_voxels" in wf:
+            pad = wf["pad_voxels"]
+            if not isinstance(pad, int) or pad < 0:
+                raise InputError(f"pad_voxels must be a non-negative integer, got {pad!r}", path=source)
+            self.workflow.pad_voxels = pad
+        # The per-echo strategy needs per-echo fields, and per-echo fields imply the strategy.
+        if self.workflow.stages["combination"].method == "per-echo":
+            self.workflow.echo_strategy = "per-echo"
+        elif self.workflow.echo_strategy == "per-echo":
+            self.workflow.stages["combination"] = Stage("per-echo", {"intercept": True})
+        return self
+
+
+def load_preset(path):
+    """Read a JSON or TOML preset file into a dictionary (clear error if unreadable)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("configuration preset not found", path=path)
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError as exc:  # Python 3.10
+                raise InputError("TOML presets need Python >= 3.11; use JSON", path=path) from exc
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        raise InputError(f"cannot parse configuration preset: {exc}", path=path) from exc
+
+
+def mock_config(**workflow):
+    """A default :class:`Config` for tests, with optional workflow overrides."""
+    cfg = Config()
+    if workflow:
+        cfg.update_workflow({"workflow": workflow}, source="mock_config")
+    return cfg
