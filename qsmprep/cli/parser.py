@@ -1,0 +1,104 @@
+"""Command-line parsers: the BIDS App interface and the ``demo`` command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qsmprep import __version__
+
+#: First words that select a sub-command instead of the BIDS App positional interface.
+SUBCOMMANDS = ("demo",)
+
+
+def _positive_int(value):
+    ivalue = int(value)
+    if ivalue < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return ivalue
+
+
+def _positive_float(value):
+    fvalue = float(value)
+    if fvalue <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return fvalue
+
+
+def _existing_dir(value):
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"directory does not exist: {value}")
+    return path.absolute()
+
+
+def _existing_file(value):
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file does not exist: {value}")
+    return path.absolute()
+
+
+def _label(prefix):
+    def strip(value):
+        return value[len(prefix):] if value.startswith(prefix) else value
+
+    return strip
+
+
+def get_parser():
+    """The BIDS App parser: ``qsmprep bids_dir output_dir {participant,group} [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="qsmprep",
+        description="Quantitative susceptibility mapping (QSM) and R2*/T2* from multi-echo GRE "
+        "BIDS datasets. Other commands: `qsmprep demo OUT_DIR` makes and processes a phantom dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"qsmprep {__version__}")
+    parser.add_argument("bids_dir", type=_existing_dir, help="root of the BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="derivatives folder to write (e.g. <bids>/derivatives/qsmprep)")
+    parser.add_argument("analysis_level", choices=["participant", "group"], help="processing level")
+
+    g_bids = parser.add_argument_group("Selecting data")
+    g_bids.add_argument("--participant-label", "--participant_label", nargs="+", type=_label("sub-"),
+                        metavar="LABEL", help="participants to process (with or without 'sub-'); all by default")
+    g_bids.add_argument("--session-label", "--session_label", nargs="+", type=_label("ses-"),
+                        metavar="LABEL", help="sessions to process (with or without 'ses-'); all by default")
+    g_bids.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                        help="do not let pybids validate file names")
+    g_bids.add_argument("--b0", type=_positive_float, metavar="TESLA",
+                        help="field strength to use when sidecars lack MagneticFieldStrength (overrides them)")
+
+    g_perf = parser.add_argument_group("Resources")
+    g_perf.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=1, help="processes to run in parallel")
+    g_perf.add_argument("--mem-gb", "--mem_gb", type=_positive_float, help="memory limit for MultiProc (GB)")
+    g_perf.add_argument("--plugin", choices=["MultiProc", "Linear"], default="MultiProc",
+                        help="Nipype execution plugin (Linear only for debugging)")
+    g_perf.add_argument("-w", "--work-dir", type=Path, help="work directory (reused by re-runs to skip finished steps)")
+
+    g_cfg = parser.add_argument_group("Algorithms")
+    g_cfg.add_argument("--config", type=_existing_file, metavar="PRESET",
+                       help="JSON or TOML preset with workflow settings (see README)")
+
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    return parser
+
+
+def get_demo_parser():
+    """``qsmprep demo OUT_DIR``: write the phantom BIDS dataset and process it."""
+    parser = argparse.ArgumentParser(
+        prog="qsmprep demo",
+        description="Generate the built-in phantom BIDS dataset in OUT_DIR/bids (ground truth in "
+        "OUT_DIR/truth) and process it into OUT_DIR/derivatives/qsmprep.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to create the demo in")
+    parser.add_argument("--size", choices=["small", "full"], default="small",
+                        help="small: 3 mm, 4 echoes (about a minute); full: 1 mm, 8 echoes")
+    parser.add_argument("--subjects", type=_positive_int, default=2, help="number of phantom participants")
+    parser.add_argument("--nprocs", type=_positive_int, default=2, help="processes to run in parallel")
+    parser.add_argument("--config", type=_existing_file, metavar="PRESET", help="workflow preset (JSON/TOML)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing demo in OUT_DIR")
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0, help="more log output")
+    return parser

@@ -1,0 +1,189 @@
+"""GRE processing: phase → field → local field → χ, plus R2*/T2*, mask and echo average."""
+
+from __future__ import annotations
+
+from nipype.interfaces.utility import Function, IdentityInterface
+from nipype.pipeline import engine as pe
+
+from qsmprep.interfaces.background import BackgroundRemoval
+from qsmprep.interfaces.echoes import EchoAverage, FitField, R2Star
+from qsmprep.interfaces.inversion import DipoleInversion, ReferenceChi
+from qsmprep.interfaces.io import LoadGRE
+from qsmprep.interfaces.masking import BrainMask
+from qsmprep.interfaces.unwrap import RemovePhaseOffset, UnwrapPhase
+
+#: Public contract of :func:`init_gre_wf`.
+GRE_INPUTS = ["magnitude", "phase", "real", "imag"]
+GRE_OUTPUTS = [
+    "chi", "chi_info", "r2star", "t2star", "r2star_info", "mask", "mask_filled", "mask_info",
+    "average", "brain", "total_field", "field_noise", "field_info", "local_field", "local_mask",
+    "local_info", "unwrap_info", "phase_units", "b0_dir",
+]
+
+
+def _gb(n_bytes):
+    return max(0.25, round(n_bytes / 1024**3, 2))
+
+
+def _stage(stages, name):
+    """(method, params) of a stage from a ``{name: {"method", "params"}}`` mapping."""
+    entry = stages[name]
+    if hasattr(entry, "method"):
+        return entry.method, dict(entry.params)
+    return entry["method"], dict(entry.get("params", {}))
+
+
+def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=16,
+                shape=(1, 1, 1), omp_nthreads=1, name="gre_wf"):
+    """Build the QSM/R2* workflow of one GRE acquisition.
+
+    Parameters
+    ----------
+    echo_times : list of float
+        Echo times in seconds, in echo order.
+    b0 : float
+        Field strength in tesla.
+    stages : dict
+        ``{stage: {"method": str, "params": dict}}`` (or :class:`qsmprep.config.Stage`)
+        for ``phase_units``, ``phase_offset``, ``unwrapping``, ``combination``, ``r2star``,
+        ``echo_average``, ``masking``, ``background``, ``inversion``, ``reference``.
+    echo_strategy : {"combined", "per-echo"}
+        Invert the echo-combined field, or each echo's local field and average.
+    pad_voxels : int
+        Zero padding for FFT-based inversion.
+    shape : tuple of int
+        Image shape, used to set each node's memory estimate.
+    omp_nthreads : int
+        Threads for FFT-heavy nodes (``n_procs``).
+
+    Inputs
+    ------
+    magnitude, phase, real, imag
+        Per-echo file lists (phase or real/imag).
+
+    Outputs
+    -------
+    chi, r2star, t2star, mask, mask_filled, average, brain, total_field, field_noise,
+    local_field, local_mask
+        Files; ``*_info`` are sidecar dictionaries of the stage that made them.
+    """
+    workflow = pe.Workflow(name=name)
+    n_echoes = len(echo_times)
+    vol_bytes = 4 * int(shape[0]) * int(shape[1]) * int(shape[2])
+    padded_bytes = 4 * (int(shape[0]) + 2 * pad_voxels) * (int(shape[1]) + 2 * pad_voxels) * (
+        int(shape[2]) + 2 * pad_voxels
+    )
+    mem_4d = _gb(6 * vol_bytes * n_echoes)
+    # FFT-based background removal / inversion hold ~24 padded float32 volumes at once
+    # (complex spectra, kernels, CG/ADMM work arrays); per-echo runs them one echo at a time.
+    mem_inv = _gb(24 * padded_bytes)
+
+    inputnode = pe.Node(IdentityInterface(fields=GRE_INPUTS), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=GRE_OUTPUTS), name="outputnode")
+
+    units_method, _ = _stage(stages, "phase_units")
+    load = pe.Node(LoadGRE(phase_units=units_method), name="load", mem_gb=mem_4d)
+
+    unwrap_method, unwrap_params = _stage(stages, "unwrapping")
+    unwrap = pe.Node(
+        UnwrapPhase(method=unwrap_method, params=unwrap_params, echo_times=list(echo_times),
+                    num_threads=omp_nthreads),
+        name="unwrap", n_procs=omp_nthreads, mem_gb=_gb(4 * vol_bytes * n_echoes + 8 * padded_bytes),
+    )
+    comb_method, comb_params = _stage(stages, "combination")
+    if n_echoes == 1:  # one echo: field = phase / (2π γ̄ B0 TE), no intercept to fit
+        comb_params["intercept"] = False
+    fit = pe.Node(
+        FitField(method=comb_method, params=comb_params, echo_times=list(echo_times), b0=float(b0)),
+        name="fit_field", mem_gb=mem_4d,
+    )
+    avg_method, _ = _stage(stages, "echo_average")
+    average = pe.Node(EchoAverage(method=avg_method), name="echo_average", mem_gb=mem_4d)
+    mask_method, mask_params = _stage(stages, "masking")
+    mask = pe.Node(BrainMask(method=mask_method, params=mask_params), name="brain_mask", mem_gb=_gb(8 * vol_bytes))
+    bg_method, bg_params = _stage(stages, "background")
+    background = pe.Node(
+        BackgroundRemoval(method=bg_method, params=bg_params, num_threads=omp_nthreads),
+        name="background", n_procs=omp_nthreads, mem_gb=mem_inv,
+    )
+    inv_method, inv_params = _stage(stages, "inversion")
+    inversion = pe.Node(
+        DipoleInversion(method=inv_method, params=inv_params, pad=pad_voxels, num_threads=omp_nthreads),
+        name="inversion", n_procs=omp_nthreads, mem_gb=mem_inv,
+    )
+    ref_method, _ = _stage(stages, "reference")
+    reference = pe.Node(ReferenceChi(method=ref_method), name="reference", mem_gb=_gb(4 * vol_bytes))
+
+    offset_method, _ = _stage(stages, "phase_offset")
+    if offset_method != "none":
+        offset = pe.Node(
+            RemovePhaseOffset(method=offset_method, echo_times=list(echo_times)), name="phase_offset",
+            mem_gb=mem_4d,
+        )
+        workflow.connect([
+            (load, offset, [("phase", "phase"), ("magnitude", "magnitude")]),
+            (offset, unwrap, [("phase", "phase")]),
+        ])
+    else:
+        workflow.connect([(load, unwrap, [("phase", "phase")])])
+
+    field_out = "echo_fields" if echo_strategy == "per-echo" else "field"
+    workflow.connect([
+        (inputnode, load, [("magnitude", "magnitude"), ("phase", "phase"), ("real", "real"), ("imag", "imag")]),
+        (load, unwrap, [("magnitude", "magnitude")]),
+        (load, average, [("magnitude", "magnitude")]),
+        (load, fit, [("magnitude", "magnitude"), ("phase", "phase")]),
+        (unwrap, fit, [("unwrapped", "unwrapped")]),
+        (average, mask, [("average", "magnitude")]),
+        (fit, background, [(field_out, "field"), ("noise", "noise")]),
+        (load, background, [("b0_dir", "b0_dir")]),
+        (mask, background, [("mask", "mask")]),
+        (background, inversion, [("local_field", "local_field"), ("mask", "mask")]),
+        (average, inversion, [("average", "magnitude")]),
+        (fit, inversion, [("noise", "noise")]),
+        (load, inversion, [("b0_dir", "b0_dir")]),
+        (inversion, reference, [("chi", "chi")]),
+        (background, reference, [("mask", "mask")]),
+        (reference, outputnode, [("chi", "chi")]),
+        (load, outputnode, [("phase_units", "phase_units"), ("b0_dir", "b0_dir")]),
+        (mask, outputnode, [("mask", "mask"), ("mask_filled", "mask_filled"), ("brain", "brain"),
+                            ("info", "mask_info")]),
+        (average, outputnode, [("average", "average")]),
+        (fit, outputnode, [("field", "total_field"), ("noise", "field_noise"), ("info", "field_info")]),
+        (unwrap, outputnode, [("info", "unwrap_info")]),
+        (background, outputnode, [("local_field", "local_field"), ("mask", "local_mask"),
+                                  ("info", "local_info")]),
+    ])
+    if n_echoes > 1:  # R2*/T2* need at least two echoes
+        r2_method, r2_params = _stage(stages, "r2star")
+        r2star = pe.Node(
+            R2Star(method=r2_method, params=r2_params, echo_times=list(echo_times)), name="r2star", mem_gb=mem_4d
+        )
+        workflow.connect([
+            (load, r2star, [("magnitude", "magnitude")]),
+            (r2star, inversion, [("r2star", "r2star")]),
+            (r2star, reference, [("r2star", "r2star")]),
+            (r2star, outputnode, [("r2star", "r2star"), ("t2star", "t2star"), ("info", "r2star_info")]),
+        ])
+    if mask_params.get("refine"):
+        workflow.connect([(fit, mask, [("noise", "noise")])])
+        if unwrap_method == "romeo":
+            workflow.connect([(unwrap, mask, [("quality", "quality")])])
+
+    merge = pe.Node(
+        Function(input_names=["first", "second"], output_names=["out"], function=merge_dicts),
+        name="chi_info", run_without_submitting=True,
+    )
+    workflow.connect([
+        (inversion, merge, [("info", "first")]),
+        (reference, merge, [("info", "second")]),
+        (merge, outputnode, [("out", "chi_info")]),
+    ])
+    return workflow
+
+
+def merge_dicts(first, second):
+    """Union of two sidecar dictionaries (the second wins); self-contained for Function nodes."""
+    out = dict(first)
+    out.update(second)
+    return out

@@ -1,0 +1,81 @@
+"""Derivatives of one GRE acquisition: names and sidecars as in DESIGN.md."""
+
+from __future__ import annotations
+
+from nipype.interfaces.utility import IdentityInterface, Merge
+from nipype.pipeline import engine as pe
+
+from qsmprep.interfaces.derivatives import DerivativesSink
+
+#: (outputnode field, suffix, desc, Units, info fields merged into the sidecar, fixed metadata)
+OUTPUTS = (
+    ("chi", "Chimap", None, "ppm",
+     ("field_info", "unwrap_info", "local_info", "chi_info"), {"SkullStripped": True}),
+    ("r2star", "R2starmap", None, "1/s", ("r2star_info",), {"SkullStripped": False}),
+    ("t2star", "T2starmap", None, "s", ("r2star_info",), {"SkullStripped": False}),
+    ("mask_filled", "mask", "brain", None, ("mask_info",), {"Type": "Brain"}),
+    ("average", "magnitude", "echoaverage", "arbitrary", (), {"SkullStripped": False}),
+    ("total_field", "fieldmap", "totalfield", "ppm", ("field_info", "unwrap_info"), {}),
+    ("local_field", "fieldmap", "localfield", "ppm", ("field_info", "unwrap_info", "local_info"), {}),
+)
+
+INFO_FIELDS = ("field_info", "unwrap_info", "local_info", "chi_info", "r2star_info", "mask_info")
+
+
+def init_gre_derivatives_wf(*, output_dir, entities, sources, common_meta, has_r2star=True,
+                            name="gre_derivatives_wf"):
+    """Write the derivatives of one acquisition.
+
+    Parameters
+    ----------
+    output_dir : str
+        Root of the derivatives dataset.
+    entities : dict
+        subject / session / acquisition / run of the acquisition.
+    sources : list of str
+        BIDS URIs of the raw files (``bids:raw:sub-01/anat/...``).
+    common_meta : dict
+        Metadata that goes into every sidecar (echo times, field strength, B0 direction,
+        the qsmprep version and the run's configuration summary).
+    has_r2star : bool
+        False for single-echo data (no R2*/T2* outputs).
+
+    Inputs
+    ------
+    chi, r2star, t2star, mask_filled, average, total_field, local_field
+        Files from :func:`qsmprep.workflows.gre.init_gre_wf`.
+    field_info, unwrap_info, local_info, chi_info, r2star_info, mask_info
+        Sidecar dictionaries of the stages.
+
+    Outputs
+    -------
+    out_files
+        The written derivative paths.
+    """
+    workflow = pe.Workflow(name=name)
+    files = [o[0] for o in OUTPUTS]
+    inputnode = pe.Node(IdentityInterface(fields=files + list(INFO_FIELDS)), name="inputnode")
+    written = [o for o in OUTPUTS if has_r2star or o[0] not in ("r2star", "t2star")]
+    collect = pe.Node(Merge(len(written)), name="collect", run_without_submitting=True)
+    outputnode = pe.Node(IdentityInterface(fields=["out_files"]), name="outputnode")
+    for i, (field, suffix, desc, units, infos, fixed) in enumerate(written, start=1):
+        sink = pe.Node(
+            DerivativesSink(
+                out_dir=str(output_dir), entities=dict(entities), suffix=suffix,
+                meta=dict(common_meta, **fixed), sources=list(sources),
+            ),
+            name=f"ds_{field}", run_without_submitting=True,
+        )
+        if desc:
+            sink.inputs.desc = desc
+        if units:
+            sink.inputs.units = units
+        workflow.connect([(inputnode, sink, [(field, "in_file")])])
+        if infos:
+            merge = pe.Node(Merge(len(infos)), name=f"meta_{field}", run_without_submitting=True)
+            for j, info in enumerate(infos, start=1):
+                workflow.connect([(inputnode, merge, [(info, f"in{j}")])])
+            workflow.connect([(merge, sink, [("out", "meta_extra")])])
+        workflow.connect([(sink, collect, [("out_file", f"in{i}")])])
+    workflow.connect([(collect, outputnode, [("out", "out_files")])])
+    return workflow

@@ -1,0 +1,136 @@
+"""Command-line interface: parsing, path checks, and one-line errors for bad input."""
+
+import json
+
+import pytest
+
+from bidsutils import gre_file, make_tiny_bids
+from qsmprep import __version__
+from qsmprep.cli.parser import get_parser
+from qsmprep.cli.run import main
+from qsmprep.config import DEFAULT_STAGES, METHODS, Config, load_preset, mock_config
+from qsmprep.errors import InputError
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"qsmprep {__version__}"
+
+
+def test_parser_bids_app_arguments(tmp_path):
+    opts = get_parser().parse_args([
+        str(tmp_path), str(tmp_path / "out"), "participant", "--participant-label", "sub-01", "02",
+        "--session-label", "ses-a", "-w", str(tmp_path / "w"), "--nprocs", "3", "--mem-gb", "4",
+        "--plugin", "Linear", "--skip-bids-validation", "-vv", "--b0", "7",
+    ])
+    assert opts.participant_label == ["01", "02"] and opts.session_label == ["a"]
+    assert opts.nprocs == 3 and opts.mem_gb == 4 and opts.plugin == "Linear" and opts.verbosity == 2
+    assert opts.skip_bids_validation and opts.b0 == 7.0
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["{bids}", "{out}"],
+    ["{bids}", "{out}", "everything"],
+    ["{bids}", "{out}", "participant", "--nprocs", "0"],
+    ["{missing}", "{out}", "participant"],
+])
+def test_parser_rejects(tmp_path, args, capsys):
+    fmt = {"bids": str(tmp_path), "out": str(tmp_path / "o"), "missing": str(tmp_path / "nope")}
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(**fmt) for a in args])
+    assert exc.value.code == 2
+
+
+def _run_error(argv, capsys):
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("qsmprep: error:"), err
+    return err
+
+
+def test_output_equal_to_bids_dir(tmp_path, capsys):
+    root = make_tiny_bids(tmp_path / "bids")
+    err = _run_error([root, root, "participant", "-w", tmp_path / "w"], capsys)
+    assert "must not be the BIDS dataset" in err
+
+
+def test_output_inside_bids_dir(tmp_path, capsys):
+    root = make_tiny_bids(tmp_path / "bids")
+    err = _run_error([root, root / "sub-01" / "out", "participant", "-w", tmp_path / "w"], capsys)
+    assert "derivatives/" in err
+
+
+def test_work_dir_inside_bids_dir(tmp_path, capsys):
+    root = make_tiny_bids(tmp_path / "bids")
+    err = _run_error([root, tmp_path / "out", "participant", "-w", root / "work"], capsys)
+    assert "work directory must not be inside" in err
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("no_magnitude", "phase without magnitude"),
+    ("echo_count", "echo count mismatch"),
+    ("no_te", "EchoTime is missing"),
+    ("no_b0", "MagneticFieldStrength is missing"),
+    ("no_subject", "not found"),
+])
+def test_input_errors_exit_2_naming_the_file(tmp_path, capsys, breakage, expected):
+    root = make_tiny_bids(tmp_path / "bids", b0=None if breakage == "no_b0" else 3.0)
+    argv = [root, tmp_path / "out", "participant", "-w", tmp_path / "w"]
+    if breakage == "no_magnitude":
+        for f in (root / "sub-01" / "anat").glob("*part-mag*"):
+            f.unlink()
+    elif breakage == "echo_count":
+        gre_file(root, echo=3, part="mag").unlink()
+    elif breakage == "no_te":
+        path = gre_file(root, echo=1, part="phase", ext=".json")
+        path.write_text(json.dumps({"MagneticFieldStrength": 3}))
+    elif breakage == "no_subject":
+        argv += ["--participant-label", "09"]
+    err = _run_error(argv, capsys)
+    assert expected in err
+    if breakage != "no_subject":
+        assert "sub-01" in err and ".nii" in err
+
+
+def test_group_level_not_yet(tmp_path, capsys):
+    root = make_tiny_bids(tmp_path / "bids")
+    err = _run_error([root, tmp_path / "out", "group"], capsys)
+    assert "group level" in err
+
+
+def test_bad_preset(tmp_path, capsys):
+    root = make_tiny_bids(tmp_path / "bids")
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"workflow": {"inversion": {"method": "magic"}}}))
+    err = _run_error([root, tmp_path / "out", "participant", "--config", preset, "-w", tmp_path / "w"], capsys)
+    assert "inversion method 'magic' is not one of" in err and "p.json" in err
+
+
+def test_config_defaults_and_presets(tmp_path):
+    cfg = Config()
+    assert {k: s.method for k, s in cfg.workflow.stages.items()} == {
+        k: v["method"] for k, v in DEFAULT_STAGES.items()
+    }
+    assert all(v["method"] in METHODS[k] for k, v in DEFAULT_STAGES.items())
+    cfg = mock_config(inversion={"method": "tkd", "params": {"threshold": 0.25}}, unwrapping="skimage")
+    assert cfg.workflow.stages["inversion"].params == {"threshold": 0.25}
+    assert cfg.workflow.stages["unwrapping"].method == "skimage"
+    cfg = mock_config(echo_strategy="per-echo")
+    assert cfg.workflow.stages["combination"].method == "per-echo"
+    with pytest.raises(InputError, match="unknown workflow setting"):
+        mock_config(inverson="tkd")
+    with pytest.raises(InputError, match="pad_voxels"):
+        mock_config(pad_voxels=-1)
+    toml = tmp_path / "p.toml"
+    toml.write_text('[workflow.background]\nmethod = "vsharp"\nparams = {radius_max_mm = 8.0}\n')
+    cfg = Config().update_workflow(load_preset(toml))
+    assert cfg.workflow.stages["background"].params["radius_max_mm"] == 8.0
+    broken = tmp_path / "bad.json"
+    broken.write_text("{not json")
+    with pytest.raises(InputError, match="cannot parse"):
+        load_preset(broken)
+    assert json.loads(json.dumps(cfg.to_dict()))["workflow"]["stages"]["background"]["method"] == "vsharp"

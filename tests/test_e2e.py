@@ -1,0 +1,120 @@
+"""End to end on the small demo: `qsmprep demo`, outputs, sidecars, truth, re-use, read-only input."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qsmprep.analysis.validation import compare_roi_means, format_comparison
+from qsmprep.cli.run import main
+from qsmprep.demo import DEEP_GREY_LABELS, DEMO_LABELS
+
+pytestmark = pytest.mark.e2e
+
+EXPECTED = [
+    ("Chimap", None, "ppm"), ("R2starmap", None, "1/s"), ("T2starmap", None, "s"),
+    ("mask", "brain", None), ("magnitude", "echoaverage", "arbitrary"),
+    ("fieldmap", "totalfield", "ppm"), ("fieldmap", "localfield", "ppm"),
+]
+
+
+def tree_digest(root):
+    """Hash of every path, size and content under ``root``."""
+    h = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        h.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    rc = main(["demo", str(out), "--subjects", "2", "--nprocs", "2"])
+    assert rc == 0
+    return out
+
+
+def _name(sub, suffix, desc):
+    return f"sub-{sub}_{'desc-' + desc + '_' if desc else ''}{suffix}"
+
+
+def test_outputs_and_sidecars(demo):
+    deriv = demo / "derivatives" / "qsmprep"
+    desc = json.loads((deriv / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    gen = desc["GeneratedBy"][0]
+    assert gen["Name"] == "qsmprep" and gen["Version"]
+    assert gen["Configuration"]["stages"]["inversion"]["method"] == "tkd"
+    for sub in ("01", "02"):
+        anat = deriv / f"sub-{sub}" / "anat"
+        ref = nib.load(demo / "bids" / f"sub-{sub}" / "anat" / f"sub-{sub}_echo-1_part-mag_MEGRE.nii.gz")
+        for suffix, d, units in EXPECTED:
+            img = nib.load(anat / f"{_name(sub, suffix, d)}.nii.gz")
+            assert img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-4)
+            assert np.all(np.isfinite(np.asarray(img.dataobj)))
+            meta = json.loads((anat / f"{_name(sub, suffix, d)}.json").read_text())
+            if units:
+                assert meta["Units"] == units
+            assert meta["Sources"] and all(s.startswith("bids:raw:sub-") for s in meta["Sources"])
+            assert meta["MagneticFieldStrength"] == 3.0 and len(meta["EchoTime"]) == 4
+        chi_meta = json.loads((anat / f"sub-{sub}_Chimap.json").read_text())
+        assert chi_meta["ReferenceRegion"] == "whole-brain"
+        assert chi_meta["DipoleInversion"] == "tkd" and chi_meta["BackgroundRemoval"] == "vsharp"
+        assert chi_meta["UnwrappingMethod"] == "laplacian" and chi_meta["EchoCombination"] == "linear"
+        assert chi_meta["SkullStripped"] is True
+        r2s = np.asarray(nib.load(anat / f"sub-{sub}_R2starmap.nii.gz").dataobj)
+        t2s = np.asarray(nib.load(anat / f"sub-{sub}_T2starmap.nii.gz").dataobj)
+        sel = r2s > 1
+        assert np.allclose(t2s[sel], 1 / r2s[sel], rtol=1e-3)
+        assert (demo / "derivatives" / "qsmprep" / f"sub-{sub}" / "log").is_dir()
+
+
+def test_chi_matches_truth(demo):
+    deriv = demo / "derivatives" / "qsmprep"
+    names = {lab: DEMO_LABELS[lab][0] for lab in DEEP_GREY_LABELS}
+    for sub in ("01", "02"):
+        chi = np.asarray(nib.load(deriv / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
+        truth = demo / "truth" / f"sub-{sub}"
+        chi_true = np.asarray(nib.load(truth / f"sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
+        labels = np.asarray(nib.load(truth / f"sub-{sub}_dseg.nii.gz").dataobj).astype(int)
+        res = compare_roi_means(chi, chi_true, labels, chi != 0, DEEP_GREY_LABELS)
+        print(f"\nsub-{sub} (tkd, small demo)\n" + format_comparison(res, names))
+        assert res["r"] > 0.9, format_comparison(res, names)
+        assert np.isfinite(res["measured"]).all()
+
+
+def test_rerun_reuses_work_and_never_writes_bids(demo, tmp_path):
+    bids = demo / "bids"
+    before = tree_digest(bids)
+    work = demo / "work"
+    results = sorted(work.rglob("result_inversion.pklz"))
+    assert len(results) == 2
+    stamps = [p.stat().st_mtime_ns for p in results]
+    rc = main([str(bids), str(demo / "derivatives" / "qsmprep"), "participant", "-w", str(work),
+               "--nprocs", "2", "--participant-label", "01", "02"])
+    assert rc == 0
+    assert [p.stat().st_mtime_ns for p in results] == stamps, "finished nodes were recomputed"
+    assert tree_digest(bids) == before
+
+
+def test_nan_in_input_is_one_clear_line(demo, tmp_path, capsys):
+    import shutil
+
+    bids = tmp_path / "bids"
+    shutil.copytree(demo / "bids", bids, ignore=shutil.ignore_patterns("sub-02"))
+    path = bids / "sub-01" / "anat" / "sub-01_echo-2_part-mag_MEGRE.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[10, 10, 10] = np.nan
+    nib.Nifti1Image(data, img.affine).to_filename(path)
+    rc = main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+               "--skip-bids-validation"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("qsmprep: error:") and "sub-01_echo-2_part-mag_MEGRE.nii.gz" in err[-1]
+    assert "NaN" in err[-1]

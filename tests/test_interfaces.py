@@ -1,0 +1,87 @@
+"""Nipype interfaces on tiny NIfTIs in tmp_path (real files, no mocks)."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bidsutils import write_image
+from qsmprep.errors import InputError
+from qsmprep.interfaces.derivatives import DerivativesSink
+from qsmprep.interfaces.io import LoadGRE
+
+
+def _load(path):
+    img = nib.load(path)
+    return np.asarray(img.dataobj), img
+
+
+def test_load_gre_int12_phase(tmp_path):
+    rng = np.random.default_rng(1)
+    true_phase = rng.uniform(-np.pi, np.pi, size=(2, 6, 5, 4)).astype(np.float32)
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    mags, phases = [], []
+    for e in range(2):
+        mags.append(write_image(tmp_path / f"m{e}.nii.gz", (100 * (e + 1) * np.ones((6, 5, 4))).astype(np.uint16), aff))
+        ints = np.round((true_phase[e] + np.pi) / (2 * np.pi) * 4096).astype(np.int64) % 4096
+        phases.append(write_image(tmp_path / f"p{e}.nii.gz", ints.astype(np.uint16), aff))
+    res = LoadGRE(magnitude=[str(p) for p in mags], phase=[str(p) for p in phases]).run(cwd=tmp_path)
+    phase, img = _load(res.outputs.phase)
+    mag, _ = _load(res.outputs.magnitude)
+    assert phase.shape == (6, 5, 4, 2) and mag.shape == (6, 5, 4, 2)
+    assert np.allclose(img.affine, aff)
+    assert res.outputs.phase_units == "int12"
+    diff = np.angle(np.exp(1j * (phase - np.moveaxis(true_phase, 0, -1))))
+    assert np.abs(diff).max() < 2 * np.pi / 4096
+    assert res.outputs.b0_dir == pytest.approx([0, 0, 1])
+    assert res.outputs.voxel_size == pytest.approx([1.5, 1.5, 2.0])
+
+
+def test_load_gre_real_imag(tmp_path):
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((5, 5, 5)) + 1j * rng.standard_normal((5, 5, 5))
+    re = write_image(tmp_path / "re.nii.gz", z.real.astype(np.float32))
+    im = write_image(tmp_path / "im.nii.gz", z.imag.astype(np.float32))
+    res = LoadGRE(real=[str(re)], imag=[str(im)]).run(cwd=tmp_path)
+    assert np.allclose(_load(res.outputs.magnitude)[0][..., 0], np.abs(z), rtol=1e-5)
+    assert np.allclose(np.exp(1j * _load(res.outputs.phase)[0][..., 0]), np.exp(1j * np.angle(z)), atol=1e-5)
+
+
+def test_load_gre_nan_names_file(tmp_path):
+    data = np.ones((4, 4, 4), np.float32)
+    data[1, 1, 1] = np.nan
+    mag = write_image(tmp_path / "mag_with_nan.nii.gz", data)
+    ph = write_image(tmp_path / "ph.nii.gz", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(InputError, match=r"mag_with_nan.nii.gz: 1 voxels are NaN"):
+        LoadGRE(magnitude=[str(mag)], phase=[str(ph)]).run(cwd=tmp_path)
+
+
+def test_load_gre_negative_magnitude(tmp_path):
+    mag = write_image(tmp_path / "mag.nii.gz", -np.ones((4, 4, 4), np.float32))
+    ph = write_image(tmp_path / "ph.nii.gz", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(InputError, match="negative values"):
+        LoadGRE(magnitude=[str(mag)], phase=[str(ph)]).run(cwd=tmp_path)
+
+
+def test_derivatives_sink_names_sidecar_and_dtype(tmp_path):
+    src = write_image(tmp_path / "chi.nii.gz", np.full((3, 3, 3), 0.05, np.float64))
+    res = DerivativesSink(
+        in_file=str(src), out_dir=str(tmp_path / "out"), entities={"subject": "01", "session": "a", "run": "1"},
+        suffix="Chimap", units="ppm", meta={"ReferenceRegion": "whole-brain"},
+        meta_extra=[{"DipoleInversion": "tkd"}, {"ReferenceRegion": "csf"}],
+        sources=["bids:raw:sub-01/anat/x.nii.gz"],
+    ).run(cwd=tmp_path)
+    out = tmp_path / "out/sub-01/ses-a/anat/sub-01_ses-a_run-1_Chimap.nii.gz"
+    assert res.outputs.out_file == str(out) and out.is_file()
+    assert nib.load(out).get_data_dtype() == np.float32
+    meta = json.loads(out.with_name("sub-01_ses-a_run-1_Chimap.json").read_text())
+    assert meta == {"Units": "ppm", "ReferenceRegion": "csf", "DipoleInversion": "tkd",
+                    "Sources": ["bids:raw:sub-01/anat/x.nii.gz"]}
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+    mask = write_image(tmp_path / "m.nii.gz", np.ones((3, 3, 3), np.float32))
+    res = DerivativesSink(in_file=str(mask), out_dir=str(tmp_path / "out"), entities={"subject": "01"},
+                          suffix="mask", desc="brain").run(cwd=tmp_path)
+    assert res.outputs.out_file.endswith("sub-01/anat/sub-01_desc-brain_mask.nii.gz")
+    assert nib.load(res.outputs.out_file).get_data_dtype() == np.uint8

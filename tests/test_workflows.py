@@ -1,0 +1,64 @@
+"""Workflow graph smoke tests over the option grid (graphs are built, not run)."""
+
+import itertools
+
+import pytest
+
+from bidsutils import make_tiny_bids
+from qsmprep.bids import collect_gre
+from qsmprep.config import METHODS, mock_config
+from qsmprep.workflows.base import init_qsmprep_wf
+from qsmprep.workflows.gre import GRE_OUTPUTS, init_gre_wf
+
+
+def _node_names(wf):
+    return {n.fullname.split(".")[-1] for n in wf._get_all_nodes()}
+
+
+@pytest.mark.parametrize(
+    "unwrapping, combination, background, inversion",
+    list(itertools.product(METHODS["unwrapping"], METHODS["combination"], ["vsharp", "pdf"], ["tkd", "medi"]))
+    + [("laplacian", "linear", "lbv", inv) for inv in METHODS["inversion"]],
+)
+def test_gre_wf_builds(unwrapping, combination, background, inversion):
+    cfg = mock_config(unwrapping=unwrapping, combination=combination, background=background,
+                      inversion=inversion, phase_offset="mcpc3ds")
+    wf = init_gre_wf(echo_times=[0.004, 0.008, 0.012], b0=3.0, stages=cfg.workflow.stages,
+                     echo_strategy=cfg.workflow.echo_strategy, shape=(64, 64, 40), omp_nthreads=2)
+    names = _node_names(wf)
+    assert {"load", "phase_offset", "unwrap", "fit_field", "r2star", "brain_mask", "background",
+            "inversion", "reference"} <= names
+    assert set(GRE_OUTPUTS) <= set(wf.get_node("outputnode").inputs.copyable_trait_names())
+    assert wf.get_node("unwrap").interface.inputs.method == unwrapping
+    assert wf.get_node("inversion").interface.inputs.method == inversion
+    assert wf.get_node("inversion").n_procs == 2 and wf.get_node("inversion").mem_gb >= 0.25
+    if combination == "per-echo":
+        assert cfg.workflow.echo_strategy == "per-echo"
+
+
+def test_single_echo_has_no_r2star():
+    cfg = mock_config()
+    wf = init_gre_wf(echo_times=[0.02], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))
+    assert "r2star" not in _node_names(wf)
+    assert wf.get_node("fit_field").interface.inputs.params["intercept"] is False
+
+
+def test_memory_estimate_scales_with_data():
+    cfg = mock_config()
+    small = init_gre_wf(echo_times=[0.004, 0.008], b0=3.0, stages=cfg.workflow.stages, shape=(64, 64, 40))
+    big = init_gre_wf(echo_times=[0.004] * 8, b0=3.0, stages=cfg.workflow.stages, shape=(224, 224, 144))
+    assert big.get_node("load").mem_gb > small.get_node("load").mem_gb
+    assert big.get_node("inversion").mem_gb > 1.0
+
+
+def test_qsmprep_wf_one_subworkflow_per_participant(tmp_path):
+    root = make_tiny_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    cfg = mock_config()
+    cfg.execution.bids_dir, cfg.execution.output_dir = str(root), str(tmp_path / "out")
+    cfg.execution.nprocs, cfg.execution.run_uuid = 3, "test"
+    wf = init_qsmprep_wf(cfg, collect_gre(root))
+    subs = sorted(n for n in wf.list_node_names() if n.startswith("single_subject"))
+    assert {s.split(".")[0] for s in subs} == {f"single_subject_{s}_wf" for s in ("01", "02", "03")}
+    # three participants share three processes: one thread each for FFT-heavy nodes
+    inv = [n for n in wf._get_all_nodes() if n.name == "inversion"]
+    assert len(inv) == 3 and all(n.n_procs == 1 for n in inv)
