@@ -49,7 +49,7 @@ DEFAULT_STAGES = {
     "combination": {"method": "linear", "params": {"intercept": True}},
     "r2star": {"method": "loglinear", "params": {"r2star_max": 500.0}},
     "echo_average": {"method": "rss", "params": {}},
-    "masking": {"method": "threshold", "params": {"refine": False, "erode_mm": 0.0}},
+    "masking": {"method": "threshold", "params": {"refine": True, "erode_mm": 0.0}},
     "background": {"method": "vsharp", "params": {"radius_max_mm": 12.0}},
     "inversion": {"method": "tkd", "params": {"threshold": 0.19}},
     "reference": {"method": "whole-brain", "params": {}},

@@ -69,7 +69,7 @@ def test_outputs_and_sidecars(demo):
         assert chi_meta["SkullStripped"] is True
         r2s = np.asarray(nib.load(anat / f"sub-{sub}_R2starmap.nii.gz").dataobj)
         t2s = np.asarray(nib.load(anat / f"sub-{sub}_T2starmap.nii.gz").dataobj)
-        sel = r2s > 1
+        sel = r2s > 2  # T2* is capped at 0.5 s where R2* < 2/s
         assert np.allclose(t2s[sel], 1 / r2s[sel], rtol=1e-3)
         assert (demo / "derivatives" / "qsmprep" / f"sub-{sub}" / "log").is_dir()
 

@@ -166,9 +166,7 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
             (r2star, outputnode, [("r2star", "r2star"), ("t2star", "t2star"), ("info", "r2star_info")]),
         ])
     if mask_params.get("refine"):
-        workflow.connect([(fit, mask, [("noise", "noise")])])
-        if unwrap_method == "romeo":
-            workflow.connect([(unwrap, mask, [("quality", "quality")])])
+        workflow.connect([(fit, mask, [("noise", "noise")]), (unwrap, mask, [("quality", "quality")])])
 
     merge = pe.Node(
         Function(input_names=["first", "second"], output_names=["out"], function=merge_dicts),

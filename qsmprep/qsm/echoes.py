@@ -1,0 +1,120 @@
+"""Echo combination into a field map (ppm), R2*/T2*, echo averaging."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmprep.qsm.kernels import GAMMA_BAR_MHZ_PER_T
+
+
+def rad_per_s_to_ppm(omega, b0):
+    """Angular frequency (rad/s) to field in ppm: ω / (2π γ̄ B0), γ̄ in MHz/T."""
+    return np.asarray(omega) / (2 * np.pi * GAMMA_BAR_MHZ_PER_T * float(b0))
+
+
+def fit_field_linear(phase, mag, tes, b0, *, intercept=True):
+    """Weighted least squares of unwrapped phase against TE.
+
+    Weights ``w_e = |S_e|²`` (the inverse variance of the phase of echo e, σ_φ = σ/|S|).
+    The slope is the frequency; with ``intercept`` the fitted offset is the receive phase.
+    The noise map is the standard error of the slope with the noise variance estimated
+    from the weighted residuals of all voxels (median over voxels, robust to outliers).
+    """
+    tes = np.asarray(tes, dtype=np.float64)
+    phase = np.asarray(phase, dtype=np.float64)
+    w = np.asarray(mag, dtype=np.float64) ** 2 + 1e-20
+    sw = w.sum(-1)
+    if intercept and tes.size > 1:
+        tbar = (w * tes).sum(-1) / sw
+        pbar = (w * phase).sum(-1) / sw
+        dt = tes - tbar[..., None]
+        sxx = (w * dt**2).sum(-1)
+        slope = (w * dt * (phase - pbar[..., None])).sum(-1) / sxx
+        offset = pbar - slope * tbar
+        dof = tes.size - 2
+    else:
+        sxx = (w * tes**2).sum(-1)
+        slope = (w * tes * phase).sum(-1) / sxx
+        offset = np.zeros_like(slope)
+        dof = tes.size - 1
+    resid = phase - offset[..., None] - slope[..., None] * tes
+    if dof > 0:
+        chi2 = (w * resid**2).sum(-1) / dof
+        sigma2 = float(np.median(chi2[np.isfinite(chi2)]))
+    else:  # one echo: phase noise σ/|S| with σ from the faintest decile of the magnitude
+        sigma2 = float(np.percentile(w, 10))
+    noise = np.sqrt(sigma2 / sxx)
+    return slope, offset, noise
+
+
+def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=None, mask=None,
+              intercept=True, **params):
+    """Combine echoes into a field map; see the module functions for each method.
+
+    Returns a dict with ``field`` (ppm), ``noise`` (ppm std), ``offset`` (rad) and, for
+    ``per-echo``, ``echo_fields`` (ppm per echo, the offset removed).
+    """
+    tes = np.asarray(tes, dtype=np.float64)
+    if method not in ("linear", "per-echo"):
+        raise ValueError(f"unknown echo combination method {method!r}")
+    phase_unwrapped = np.asarray(phase_unwrapped, dtype=np.float64)
+    slope, offset, noise = fit_field_linear(phase_unwrapped, mag, tes, b0, intercept=intercept)
+    out = {
+        "field": rad_per_s_to_ppm(slope, b0).astype(np.float32),
+        "noise": rad_per_s_to_ppm(noise, b0).astype(np.float32),
+        "offset": offset.astype(np.float32),
+    }
+    if method == "per-echo":
+        out["echo_fields"] = rad_per_s_to_ppm((phase_unwrapped - offset[..., None]) / tes, b0).astype(np.float32)
+    return out
+
+
+def r2star_loglinear(mag, tes, *, r2star_max=500.0):
+    """Weighted log-linear fit ln S = ln S0 − R2*·TE, weights S² (var(ln S) ≈ σ²/S²)."""
+    tes = np.asarray(tes, dtype=np.float64)
+    mag = np.asarray(mag, dtype=np.float64)
+    y = np.log(np.maximum(mag, 1e-12))
+    w = mag**2 + 1e-20
+    sw = w.sum(-1)
+    tbar = (w * tes).sum(-1) / sw
+    ybar = (w * y).sum(-1) / sw
+    dt = tes - tbar[..., None]
+    slope = (w * dt * (y - ybar[..., None])).sum(-1) / (w * dt**2).sum(-1)
+    return -slope
+
+
+def r2star_map(mag, tes, *, method="loglinear", mask=None, r2star_max=500.0):
+    """R2* (1/s) clipped to [0, r2star_max] and a mask of reliable fits.
+
+    Reliable: the first echo's magnitude is above 5 % of its 99th percentile (not
+    background or bone) and the unclipped R2* is finite and within [0, r2star_max].
+    """
+    if method != "loglinear":
+        raise ValueError(f"unknown R2* method {method!r}")
+    mag = np.asarray(mag, dtype=np.float64)
+    r2s = r2star_loglinear(mag, tes, r2star_max=r2star_max)
+    signal = mag[..., 0] > 0.05 * np.percentile(mag[..., 0], 99)
+    reliable = signal & np.isfinite(r2s) & (r2s >= 0) & (r2s <= r2star_max)
+    if mask is not None:
+        reliable &= np.asarray(mask, dtype=bool)
+    r2s = np.clip(np.nan_to_num(r2s, nan=0.0, posinf=r2star_max, neginf=0.0), 0.0, r2star_max)
+    return r2s.astype(np.float32), reliable
+
+
+def t2star_from_r2star(r2star, *, t2star_max=0.5):
+    """T2* = 1/R2* in seconds, capped at ``t2star_max`` where R2* is (near) zero."""
+    r2star = np.asarray(r2star, dtype=np.float64)
+    out = np.full(r2star.shape, t2star_max)
+    big = r2star > 1.0 / t2star_max
+    out[big] = 1.0 / r2star[big]
+    return out.astype(np.float32)
+
+
+def echo_average(mag, *, method="rss"):
+    """Root-sum-of-squares (default) or mean magnitude over the echo axis."""
+    mag = np.asarray(mag, dtype=np.float32)
+    if method == "rss":
+        return np.sqrt((mag**2).sum(-1))
+    if method == "mean":
+        return mag.mean(-1)
+    raise ValueError(f"unknown echo average {method!r}; use rss or mean")
