@@ -34,7 +34,7 @@ def main(argv=None):
 
     from qsmprep.analysis.validation import compare_roi_means, format_comparison
     from qsmprep.cli.run import main as qsmprep_main
-    from qsmprep.demo import DEEP_GREY_LABELS, DEMO_LABELS, write_demo_dataset
+    from qsmprep.demo import DEEP_GREY_LABELS, label_name, write_demo_dataset
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="qsmprep-bench-"))
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def main(argv=None):
     chi_true = np.asarray(nib.load(root / "truth/sub-01/sub-01_Chimap.nii.gz").dataobj, np.float32)
     labels = np.asarray(nib.load(root / "truth/sub-01/sub-01_dseg.nii.gz").dataobj).astype(int)
     res = compare_roi_means(chi, chi_true, labels, chi != 0, DEEP_GREY_LABELS)
-    print(format_comparison(res, {lab: DEMO_LABELS[lab][0] for lab in DEEP_GREY_LABELS}))
+    print(format_comparison(res, {lab: label_name(lab) for lab in DEEP_GREY_LABELS}))
     return 0
 
 

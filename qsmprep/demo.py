@@ -69,6 +69,14 @@ DEMO_LABELS = {
     31: ("calcification", "", -0.3, 200.0),
 }
 DEEP_GREY_LABELS = list(range(11, 23))
+
+
+def label_name(label):
+    """``"caudate L"``-style display name of a demo label."""
+    name, hemi = DEMO_LABELS[label][:2]
+    return f"{name} {hemi}".strip()
+
+
 BRAIN_LABELS = (4, 5, 6, 7, 8, *DEEP_GREY_LABELS, 30, 31)
 SKULL_AND_AIR_LABELS = (0, 2, 3)
 #: proton density (GRE M0) and T1w intensity per label

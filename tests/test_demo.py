@@ -8,7 +8,7 @@ import pytest
 
 from qsmprep.demo import (
     BRAIN_LABELS, DEEP_GREY_LABELS, DEMO_LABELS, SKULL_AND_AIR_LABELS, dipole_field, make_phantom,
-    render_t1w, simulate_gre, write_demo_dataset,
+    render_t1w, write_demo_dataset,
 )
 from qsmprep.qsm.kernels import GAMMA_BAR_MHZ_PER_T
 

@@ -10,7 +10,7 @@ import pytest
 
 from qsmprep.analysis.validation import compare_roi_means, format_comparison
 from qsmprep.cli.run import main
-from qsmprep.demo import DEEP_GREY_LABELS, DEMO_LABELS
+from qsmprep.demo import DEEP_GREY_LABELS, label_name
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +76,7 @@ def test_outputs_and_sidecars(demo):
 
 def test_chi_matches_truth(demo):
     deriv = demo / "derivatives" / "qsmprep"
-    names = {lab: DEMO_LABELS[lab][0] for lab in DEEP_GREY_LABELS}
+    names = {lab: label_name(lab) for lab in DEEP_GREY_LABELS}
     for sub in ("01", "02"):
         chi = np.asarray(nib.load(deriv / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
         truth = demo / "truth" / f"sub-{sub}"

@@ -85,3 +85,53 @@ def test_derivatives_sink_names_sidecar_and_dtype(tmp_path):
                           suffix="mask", desc="brain").run(cwd=tmp_path)
     assert res.outputs.out_file.endswith("sub-01/anat/sub-01_desc-brain_mask.nii.gz")
     assert nib.load(res.outputs.out_file).get_data_dtype() == np.uint8
+
+
+def test_stage_interfaces_chain_on_small_phantom(tmp_path, small_phantom, small_gre):
+    """Every stage interface on real files: shapes, affines, units and sidecar info."""
+    from qsmprep.interfaces.background import BackgroundRemoval
+    from qsmprep.interfaces.echoes import EchoAverage, FitField, R2Star
+    from qsmprep.interfaces.inversion import DipoleInversion, ReferenceChi
+    from qsmprep.interfaces.masking import BrainMask
+    from qsmprep.interfaces.unwrap import RemovePhaseOffset, UnwrapPhase
+
+    ph, (sig, _) = small_phantom, small_gre
+    mags, phases = [], []
+    for e in range(sig.shape[-1]):
+        mags.append(str(write_image(tmp_path / f"m{e}.nii.gz", np.abs(sig[..., e]).astype(np.float32), ph.affine)))
+        phases.append(str(write_image(tmp_path / f"p{e}.nii.gz", np.angle(sig[..., e]).astype(np.float32), ph.affine)))
+    tes = [float(t) for t in ph.tes]
+    load = LoadGRE(magnitude=mags, phase=phases).run(cwd=tmp_path).outputs
+    assert load.phase_units == "radians" and load.b0_dir == pytest.approx(list(ph.b0_dir))
+    off = RemovePhaseOffset(phase=load.phase, magnitude=load.magnitude, echo_times=tes).run(cwd=tmp_path).outputs
+    assert _load(off.phase)[0].shape == sig.shape
+    unw = UnwrapPhase(phase=load.phase, magnitude=load.magnitude, echo_times=tes).run(cwd=tmp_path).outputs
+    assert unw.info["UnwrappingMethod"] == "laplacian" and _load(unw.quality)[0].shape == sig.shape[:3]
+    fit = FitField(unwrapped=unw.unwrapped, magnitude=load.magnitude, echo_times=tes, b0=3.0).run(cwd=tmp_path).outputs
+    assert fit.info["EchoCombination"] == "linear"
+    r2 = R2Star(magnitude=load.magnitude, echo_times=tes).run(cwd=tmp_path).outputs
+    r2s = _load(r2.r2star)[0]
+    wm = ph.labels == 6
+    assert np.median(np.abs(r2s[wm] - 21.0) / 21.0) < 0.1
+    avg = EchoAverage(magnitude=load.magnitude).run(cwd=tmp_path).outputs
+    msk = BrainMask(magnitude=avg.average, quality=unw.quality, params={"refine": True}).run(cwd=tmp_path).outputs
+    tight, filled = _load(msk.mask)[0] > 0, _load(msk.mask_filled)[0] > 0
+    assert tight.sum() < filled.sum() and not (tight & ~filled).any()
+    dice = 2 * (filled & ph.brain_mask).sum() / (filled.sum() + ph.brain_mask.sum())
+    assert dice > 0.9
+    bg = BackgroundRemoval(field=fit.field, mask=msk.mask, noise=fit.noise, b0_dir=load.b0_dir).run(cwd=tmp_path).outputs
+    assert bg.info["BackgroundRemoval"] == "vsharp"
+    inv = DipoleInversion(local_field=bg.local_field, mask=bg.mask, b0_dir=load.b0_dir).run(cwd=tmp_path).outputs
+    assert inv.info["DipoleInversionParameters"]["threshold"] == 0.19
+    ref = ReferenceChi(chi=inv.chi, mask=bg.mask).run(cwd=tmp_path).outputs
+    chi, img = _load(ref.chi)
+    valid = _load(bg.mask)[0] > 0
+    assert abs(chi[valid].mean()) < 1e-4 and ref.info["ReferenceRegion"] == "whole-brain"
+    assert np.allclose(img.affine, ph.affine) and img.get_data_dtype() == np.float32
+    # per-echo inversion: 4D local fields in, one averaged χ out
+    pe = FitField(unwrapped=unw.unwrapped, magnitude=load.magnitude, echo_times=tes, b0=3.0,
+                  method="per-echo").run(cwd=tmp_path).outputs
+    bg4 = BackgroundRemoval(field=pe.echo_fields, mask=msk.mask, b0_dir=load.b0_dir).run(cwd=tmp_path).outputs
+    assert _load(bg4.local_field)[0].shape == sig.shape
+    inv4 = DipoleInversion(local_field=bg4.local_field, mask=bg4.mask, b0_dir=load.b0_dir).run(cwd=tmp_path).outputs
+    assert _load(inv4.chi)[0].shape == sig.shape[:3] and "per-echo" in inv4.info["DipoleInversionParameters"]["EchoStrategy"]

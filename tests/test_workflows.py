@@ -17,8 +17,8 @@ def _node_names(wf):
 
 @pytest.mark.parametrize(
     "unwrapping, combination, background, inversion",
-    list(itertools.product(METHODS["unwrapping"], METHODS["combination"], ["vsharp", "pdf"], ["tkd", "medi"]))
-    + [("laplacian", "linear", "lbv", inv) for inv in METHODS["inversion"]],
+    list(itertools.product(METHODS["unwrapping"], METHODS["combination"], METHODS["background"],
+                           METHODS["inversion"])),
 )
 def test_gre_wf_builds(unwrapping, combination, background, inversion):
     cfg = mock_config(unwrapping=unwrapping, combination=combination, background=background,

@@ -170,7 +170,7 @@ def run_demo(opts):
     from qsmprep.analysis.validation import compare_roi_means, format_comparison
     from qsmprep.bids import derivative_path
     from qsmprep.config import Config, load_preset
-    from qsmprep.demo import DEEP_GREY_LABELS, DEMO_LABELS, write_demo_dataset
+    from qsmprep.demo import DEEP_GREY_LABELS, label_name, write_demo_dataset
 
     out = Path(opts.out_dir).absolute()
     LOGGER.info("Writing the %s demo dataset (%d participants) to %s", opts.size, opts.subjects, out / "bids")
@@ -184,7 +184,7 @@ def run_demo(opts):
         config.update_workflow(load_preset(opts.config), source=str(opts.config))
     records = run_participant(config)
 
-    names = {lab: f"{DEMO_LABELS[lab][0]}" for lab in DEEP_GREY_LABELS}
+    names = {lab: label_name(lab) for lab in DEEP_GREY_LABELS}
     lines = ["", f"qsmprep demo finished. BIDS input: {ex.bids_dir}", f"Derivatives: {ex.output_dir}",
              f"Ground truth: {out / 'truth'}"]
     for rec in records:
