@@ -122,6 +122,23 @@ def test_unwrap_laplacian_recovers_laplacian_of_true_phase():
     assert np.ptp(true) > 20  # many wraps
 
 
+def test_laplacian_echo_differences_beat_per_echo_unwrapping_at_long_te():
+    base = _smooth_phase(amp=7.0)  # the first echo: well sampled
+    tes = np.array([1.0, 2.0, 3.0, 4.0])
+    truth = base[..., None] * tes  # the last echo changes by up to ~2.6 rad per voxel
+    lap = kernels.laplacian_kernel(base.shape, (1, 1, 1))
+
+    def lap_err(u, e):
+        d = np.real(np.fft.ifftn(np.fft.fftn(u.astype(float) - truth[..., e]) * lap))
+        return np.abs(d[3:-3, 3:-3, 3:-3]).max()
+
+    u = unwrap_echoes(_wrap(truth), voxel_size=(1, 1, 1))[0]
+    per_echo = unwrap_laplacian(_wrap(truth[..., -1]), (1, 1, 1))
+    # measured: 0.012-0.049 for the echo-difference scheme, 0.66 per echo at the last echo
+    assert all(lap_err(u[..., e], e) < 0.1 for e in range(4))
+    assert lap_err(per_echo, 3) > 0.5
+
+
 def test_unwrap_skimage_exact_up_to_2pi():
     true = _smooth_phase()
     u = unwrap_skimage(_wrap(true))

@@ -67,7 +67,13 @@ def threshold_mask(magnitude, voxel_size, *, threshold=None, fill_holes=True, op
 
 
 def refine_mask(mask, voxel_size, *, quality=None, quality_threshold=2.0 / 3.0, erode_mm=0.0):
-    """Remove low phase-quality voxels; keep the largest connected part (holes stay open)."""
+    """Remove low phase-quality voxels reachable from the outside; keep the largest part.
+
+    Voxels below ``quality_threshold`` are removed, the largest connected component kept
+    and interior holes filled again: an iron-rich nucleus or a vein whose own field makes
+    the phase steep stays in the mask, while the undersampled band along the skull and the
+    sinuses (connected to the outside) goes.
+    """
     mask = np.asarray(mask, dtype=bool)
     if quality is not None:
         mask = mask & (np.asarray(quality) >= quality_threshold)
@@ -78,7 +84,7 @@ def refine_mask(mask, voxel_size, *, quality=None, quality_threshold=2.0 / 3.0, 
         raise ValueError("the refined mask is empty")
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    return lab == np.argmax(sizes)
+    return ndimage.binary_fill_holes(lab == np.argmax(sizes))
 
 
 def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise=None, refine=False,

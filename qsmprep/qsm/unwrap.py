@@ -69,16 +69,44 @@ def phase_gradient_quality(phase, *, echo=None):
     return (1.0 - worst / np.pi).astype(np.float32)
 
 
+def unwrap_laplacian_echoes(phase, voxel_size, *, pad=8, workers=None):
+    """Laplacian unwrapping of a multi-echo phase through consecutive echo differences.
+
+    The first echo is unwrapped with :func:`unwrap_laplacian`, then each difference of
+    consecutive echoes, ``∠(e^{iφ_e} e^{−iφ_{e−1}})``, and the differences are accumulated:
+    ``u_e = u_1 + Σ_{k≤e} Δu_k``.  The wrapped-phase Laplacian identity is exact only where
+    the phase changes little between voxels; at long echo times it does not (next to bone
+    and air the phase of a late echo can change by radians per voxel even at 1 mm), and the
+    errors it then makes are not harmonic, so background removal cannot remove them.
+    The first echo and the ΔTE-spaced differences stay well sampled.  Each ``u_e`` is the
+    true phase up to a harmonic function, as with per-echo Laplacian unwrapping.
+    """
+    phase = np.asarray(phase, dtype=np.float32)
+    out = [unwrap_laplacian(phase[..., 0], voxel_size, pad=pad, workers=workers)]
+    for e in range(1, phase.shape[-1]):
+        step = np.angle(np.exp(1j * (phase[..., e] - phase[..., e - 1])))
+        out.append(out[-1] + unwrap_laplacian(step, voxel_size, pad=pad, workers=workers))
+    return np.stack(out, axis=-1)
+
+
 def unwrap_echoes(phase, *, method="laplacian", voxel_size, mag=None, tes=None, mask=None, workers=None,
                   **params):
-    """Unwrap every echo of a 4D phase; returns (unwrapped 4D, quality map or None)."""
+    """Unwrap every echo of a 4D phase; returns (unwrapped 4D, phase-quality map).
+
+    ``laplacian``: :func:`unwrap_laplacian_echoes`; ``skimage``: :func:`unwrap_skimage` per
+    echo, each echo's global 2π multiple matched to the TE-scaled first echo.
+    """
     phase = np.asarray(phase, dtype=np.float32)
     if phase.ndim == 3:
         phase = phase[..., None]
     if method == "laplacian":
-        out = [unwrap_laplacian(phase[..., e], voxel_size, workers=workers, **params) for e in range(phase.shape[-1])]
-    elif method == "skimage":
-        out = [unwrap_skimage(phase[..., e], mask=mask) for e in range(phase.shape[-1])]
-    else:
-        raise ValueError(f"unknown unwrapping method {method!r}")
-    return np.stack(out, axis=-1), phase_gradient_quality(phase)
+        return unwrap_laplacian_echoes(phase, voxel_size, workers=workers, **params), phase_gradient_quality(phase)
+    if method != "skimage":
+        raise ValueError(f"unknown unwrapping method {method!r}; use laplacian or skimage")
+    out = np.stack([unwrap_skimage(phase[..., e], mask=mask) for e in range(phase.shape[-1])], axis=-1)
+    if tes is not None and phase.shape[-1] > 1:
+        region = np.ones(phase.shape[:3], bool) if mask is None else np.asarray(mask, bool)
+        for e in range(1, phase.shape[-1]):
+            predicted = out[..., 0] * (tes[e] / tes[0])
+            out[..., e] -= 2 * np.pi * np.round(np.median((out[..., e] - predicted)[region]) / (2 * np.pi))
+    return out, phase_gradient_quality(phase)
