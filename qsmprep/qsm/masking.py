@@ -40,6 +40,16 @@ def dilate_mm(mask, voxel_size, radius_mm):
     return ndimage.binary_dilation(mask, structure=sphere_mask(voxel_size, radius_mm))
 
 
+def largest_component(mask, empty_message="the mask is empty"):
+    """The largest 6-connected component of a binary mask (ValueError if there is none)."""
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        raise ValueError(empty_message)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == np.argmax(sizes)
+
+
 def threshold_mask(magnitude, voxel_size, *, threshold=None, fill_holes=True, open_mm=None):
     """Histogram threshold + morphology (the QSMxT-style fallback).
 
@@ -53,13 +63,8 @@ def threshold_mask(magnitude, voxel_size, *, threshold=None, fill_holes=True, op
         threshold = otsu_threshold(mag[mag > 0])
     fg = mag > threshold
     open_mm = 2 * max(voxel_size) if open_mm is None else open_mm
-    core = erode_mm(fg, voxel_size, open_mm)
-    lab, n = ndimage.label(core)
-    if n == 0:
-        raise ValueError("threshold mask is empty (no voxel above the threshold survives the opening)")
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    core = lab == np.argmax(sizes)
+    core = largest_component(erode_mm(fg, voxel_size, open_mm),
+                             "threshold mask is empty (no voxel above the threshold survives the opening)")
     mask = dilate_mm(core, voxel_size, open_mm) & fg
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)
@@ -79,12 +84,7 @@ def refine_mask(mask, voxel_size, *, quality=None, quality_threshold=2.0 / 3.0, 
         mask = mask & (np.asarray(quality) >= quality_threshold)
     if erode_mm:
         mask = _erode(mask, voxel_size, erode_mm)
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        raise ValueError("the refined mask is empty")
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(lab == np.argmax(sizes))
+    return ndimage.binary_fill_holes(largest_component(mask, "the refined mask is empty"))
 
 
 def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise=None, refine=False,
