@@ -33,11 +33,11 @@ METHODS = {
     "phase_offset": ("none", "mcpc3ds"),
     "unwrapping": ("laplacian", "skimage"),
     "combination": ("linear", "per-echo"),
-    "r2star": ("loglinear",),
+    "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
     "masking": ("threshold",),
     "background": ("vsharp",),
-    "inversion": ("tkd",),
+    "inversion": ("tkd", "tikhonov"),
     "reference": ("whole-brain", "none"),
 }
 
@@ -53,6 +53,18 @@ DEFAULT_STAGES = {
     "background": {"method": "vsharp", "params": {"radius_max_mm": 12.0}},
     "inversion": {"method": "tkd", "params": {"threshold": 0.19}},
     "reference": {"method": "whole-brain", "params": {}},
+}
+
+#: Parameters a method starts from when a preset switches a stage to it.
+METHOD_DEFAULTS = {
+    ("inversion", "tkd"): {"threshold": 0.19},
+    ("inversion", "tikhonov"): {"lambda_": 0.005},
+    ("background", "vsharp"): {"radius_max_mm": 12.0},
+    ("r2star", "loglinear"): {"r2star_max": 500.0},
+    ("r2star", "arlo"): {"r2star_max": 500.0},
+    ("combination", "linear"): {"intercept": True},
+    ("combination", "per-echo"): {"intercept": True},
+    ("masking", "threshold"): {"refine": True, "erode_mm": 0.0},
 }
 
 ECHO_STRATEGIES = ("combined", "per-echo")
@@ -143,7 +155,7 @@ class Config:
                 raise InputError(
                     f"{name} method {method!r} is not one of {list(METHODS[name])}", path=source
                 )
-            params = dict(DEFAULT_STAGES[name]["params"]) if method != current.method else dict(current.params)
+            params = dict(METHOD_DEFAULTS.get((name, method), {})) if method != current.method else dict(current.params)
             params.update(value.get("params", {}))
             self.workflow.stages[name] = Stage(method=method, params=params)
         if "echo_strategy" in wf:

@@ -23,6 +23,8 @@ Ground-truth conventions (``Phantom``):
   demeaned inside the brain mask;
 * ``background_field``: ``total − local`` (the field of everything outside the brain),
   demeaned inside the brain mask.
+* ``chi``: inside the brain mask the voxel mean of brain tissue χ only (bone partial
+  volume at the brain's edge is background), elsewhere the voxel mean of all tissue;
 * ``brain_mask``: CSF inside the skull (subarachnoid and ventricles), GM, WM, the deep
   grey nuclei, the vein and the calcification (labels in :data:`BRAIN_LABELS`).
 
@@ -318,7 +320,12 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
     # the GRE grid: labels at voxel centres, maps as voxel means
     labels = _labels_at(*_head_coords(affine, shape, transform)) if ss > 1 else labels_fine
     brain = np.isin(labels, BRAIN_LABELS)
-    chi = _block_mean(chi_fine, ss)
+    # χ truth: inside the brain the voxel mean of brain tissue only (the sources of the
+    # local field; bone partial volume at the brain's edge belongs to the background),
+    # elsewhere the voxel mean of everything
+    brain_frac = _block_mean(brain_fine.astype(np.float32), ss)
+    chi_brain = _block_mean(chi_fine * brain_fine, ss) / np.maximum(brain_frac, 1e-6)
+    chi = np.where(brain, chi_brain, _block_mean(chi_fine, ss))
     total = _block_mean(total_fine, ss)
     local_raw = _block_mean(local_fine, ss)
     local = local_raw - local_raw[brain].mean()

@@ -288,3 +288,65 @@ def test_weights_and_echo_average():
         average_echoes(chis, [1, 1])
     w = weights_from_noise(np.array([1.0, 2.0, 4.0]).reshape(1, 1, 3), np.ones((1, 1, 3), bool))
     assert w.mean() == pytest.approx(1.0) and w[0, 0, 0] > w[0, 0, 2]
+
+
+def test_arlo_matches_truth_and_needs_equal_spacing():
+    from qsmprep.qsm.echoes import r2star_arlo
+
+    tes = np.array([0.004, 0.008, 0.012, 0.016, 0.020, 0.024])
+    r2 = np.linspace(10, 60, 27).reshape(3, 3, 3)
+    mag = np.exp(-r2[..., None] * tes)
+    est = r2star_arlo(mag, tes)
+    assert est == pytest.approx(r2, rel=0.02)  # Simpson's-rule bias is small at R2*·ΔTE ≤ 0.24
+    r2s, _ = r2star_map(mag, tes, method="arlo")
+    assert r2s == pytest.approx(r2, rel=0.02)
+    with pytest.raises(ValueError, match="equally spaced"):
+        r2star_arlo(mag[..., :4], np.array([0.004, 0.008, 0.013, 0.016]))
+    with pytest.raises(ValueError, match="three echoes"):
+        r2star_arlo(mag[..., :2], tes[:2])
+
+
+def test_tikhonov_recovers_sphere_and_validates():
+    shape = (64, 64, 64)
+    x, y, z = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
+    chi = 0.2 * (x**2 + y**2 + z**2 < 8**2)
+    big = tuple(2 * n for n in shape)
+    pad = np.zeros(big)
+    pad[:64, :64, :64] = chi
+    field = np.real(np.fft.ifftn(np.fft.fftn(pad) * kernels.dipole_kernel(big, (1, 1, 1))))[:64, :64, :64]
+    mask = x**2 + y**2 + z**2 < 24**2
+    out, info = invert(field, mask, (1, 1, 1), (0, 0, 1), method="tikhonov", lambda_=0.005)
+    inside = x**2 + y**2 + z**2 < 5**2
+    assert out[inside].mean() - out[mask & ~inside].mean() == pytest.approx(0.2, rel=0.15)
+    assert info == {"method": "tikhonov", "lambda": 0.005, "lambda_rule": "fixed", "pad": 16}
+    assert np.all(np.isfinite(out))
+    # stronger regularisation shrinks the contrast
+    strong, _ = invert(field, mask, (1, 1, 1), (0, 0, 1), method="tikhonov", lambda_=0.5)
+    assert strong[inside].mean() < out[inside].mean()
+    with pytest.raises(ValueError, match="unknown tikhonov parameter"):
+        invert(field, mask, (1, 1, 1), (0, 0, 1), method="tikhonov", threshold=0.2)
+
+
+def test_detrend_removes_polynomial():
+    from qsmprep.qsm.background import detrend
+
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 20)] * 3, indexing="ij")
+    mask = x**2 + y**2 + z**2 < 0.8
+    rng = np.random.default_rng(5)
+    signal = 0.01 * rng.standard_normal(mask.shape)
+    trend = 0.3 + 0.2 * x - 0.1 * y * z + 0.05 * z * z
+    out = detrend(signal + trend, mask, order=2)
+    resid = out[mask] - (signal[mask] - signal[mask].mean())
+    assert np.abs(resid).max() < 0.01 and not out[~mask].any()
+    lin = detrend(signal + trend, mask, order=1)
+    assert np.abs(lin[mask] - signal[mask]).max() > 0.01  # a first-order fit leaves the quadratic
+
+
+def test_method_defaults_follow_the_method():
+    from qsmprep.config import mock_config
+
+    cfg = mock_config(inversion="tikhonov")
+    assert cfg.workflow.stages["inversion"].params == {"lambda_": 0.005}
+    cfg = mock_config(inversion={"method": "tikhonov", "params": {"lambda_": 0.02}}, r2star="arlo")
+    assert cfg.workflow.stages["inversion"].params == {"lambda_": 0.02}
+    assert cfg.workflow.stages["r2star"].method == "arlo"

@@ -56,13 +56,39 @@ def vsharp(field, mask, voxel_size, *, radius_max_mm=12.0, radius_min_mm=None, r
     return (local[crop] * eroded).astype(np.float32), eroded
 
 
+def detrend(field, mask, *, order):
+    """Subtract the least-squares polynomial of total degree ``order`` fitted inside ``mask``.
+
+    Removes residual smooth background (e.g. from imperfect background removal near the
+    skull base); coordinates are normalised to [−1, 1] for conditioning.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if order is None or order < 0:
+        return np.asarray(field, dtype=np.float32)
+    idx = np.nonzero(mask)
+    coords = [(i - (n - 1) / 2) / max((n - 1) / 2, 1) for i, n in zip(idx, mask.shape)]
+    terms = [np.ones_like(coords[0], dtype=np.float64)]
+    for total in range(1, int(order) + 1):
+        for a in range(total + 1):
+            for b in range(total - a + 1):
+                c = total - a - b
+                terms.append(coords[0] ** a * coords[1] ** b * coords[2] ** c)
+    basis = np.stack(terms, axis=1)
+    coef, *_ = np.linalg.lstsq(basis, np.asarray(field, dtype=np.float64)[idx], rcond=None)
+    out = np.zeros(mask.shape, dtype=np.float32)
+    out[idx] = np.asarray(field, dtype=np.float64)[idx] - basis @ coef
+    return out
+
+
 def remove_background(field, mask, voxel_size, *, method="vsharp", b0_dir=(0, 0, 1), weights=None,
                       detrend_order=None, workers=None, **params):
     """Total field (ppm) to local field (ppm): returns (local, eroded mask, info)."""
     if method != "vsharp":
         raise ValueError(f"unknown background removal method {method!r}")
     local, eroded = vsharp(field, mask, voxel_size, workers=workers, **params)
+    if detrend_order is not None and eroded.any():
+        local = detrend(local, eroded, order=detrend_order)
     if eroded.any():
         local = (local - local[eroded].mean()) * eroded
-    info = {"method": method, **params}
+    info = {"method": method, "detrend_order": detrend_order, **params}
     return local.astype(np.float32), eroded, info
