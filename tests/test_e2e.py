@@ -118,3 +118,22 @@ def test_nan_in_input_is_one_clear_line(demo, tmp_path, capsys):
     assert rc == 2
     assert err[-1].startswith("qsmprep: error:") and "sub-01_echo-2_part-mag_MEGRE.nii.gz" in err[-1]
     assert "NaN" in err[-1]
+
+
+def test_single_echo_t2starw_runs_without_r2star(demo, tmp_path):
+    import shutil
+
+    bids = tmp_path / "bids"
+    anat = bids / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(demo / "bids" / "dataset_description.json", bids)
+    src = demo / "bids" / "sub-01" / "anat"
+    for part in ("mag", "phase"):
+        for ext in (".nii.gz", ".json"):
+            shutil.copy(src / f"sub-01_echo-3_part-{part}_MEGRE{ext}", anat / f"sub-01_part-{part}_T2starw{ext}")
+    rc = main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")])
+    assert rc == 0
+    out = tmp_path / "out" / "sub-01" / "anat"
+    assert (out / "sub-01_Chimap.nii.gz").is_file() and not list(out.glob("*R2starmap*"))
+    meta = json.loads((out / "sub-01_Chimap.json").read_text())
+    assert meta["EchoTime"] == [0.014] and meta["EchoCombinationParameters"]["intercept"] is False
