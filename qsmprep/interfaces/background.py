@@ -56,8 +56,8 @@ class BackgroundRemoval(SimpleInterface):
         local = np.stack(locals_, axis=-1) * valid[..., None]
         if field.ndim == 3:
             local = local[..., 0]
-        self._results["local_field"] = save_like(local, img, "local_field.nii.gz", runtime.cwd)
-        self._results["mask"] = save_like(valid, img, "local_mask.nii.gz", runtime.cwd)
+        self._results["local_field"] = save_like(local, img, "local_field.nii", runtime.cwd)
+        self._results["mask"] = save_like(valid, img, "local_mask.nii", runtime.cwd)
         self._results["info"] = jsonable(
             {"BackgroundRemoval": self.inputs.method, "BackgroundRemovalParameters": info}
         )

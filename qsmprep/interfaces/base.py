@@ -27,7 +27,11 @@ def load_mask(path):
 
 
 def save_like(data, ref, name, runtime_cwd, dtype=np.float32):
-    """Save ``data`` with the geometry of ``ref`` (an image) into the node's directory."""
+    """Save ``data`` with the geometry of ``ref`` (an image) into the node's directory.
+
+    Intermediate files are uncompressed ``.nii``: gzip costs seconds per 4D volume at
+    1 mm and the work directory is scratch; derivatives are compressed by the writer.
+    """
     data = np.asarray(data)
     if data.dtype == bool:
         dtype = np.uint8

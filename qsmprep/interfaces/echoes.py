@@ -43,10 +43,10 @@ class FitField(SimpleInterface):
             unwrapped, mag, self.inputs.echo_times, self.inputs.b0, method=self.inputs.method,
             phase_wrapped=phase, mask=mask, **params,
         )
-        for key, name in (("field", "field.nii.gz"), ("noise", "field_noise.nii.gz"), ("offset", "offset.nii.gz")):
+        for key, name in (("field", "field.nii"), ("noise", "field_noise.nii"), ("offset", "offset.nii")):
             self._results[key] = save_like(out[key], img, name, runtime.cwd)
         if "echo_fields" in out:
-            self._results["echo_fields"] = save_like(out["echo_fields"], img, "echo_fields.nii.gz", runtime.cwd)
+            self._results["echo_fields"] = save_like(out["echo_fields"], img, "echo_fields.nii", runtime.cwd)
         self._results["info"] = jsonable(
             {"EchoCombination": self.inputs.method, "EchoCombinationParameters": params,
              "EchoTime": list(self.inputs.echo_times), "MagneticFieldStrength": self.inputs.b0}
@@ -80,9 +80,9 @@ class R2Star(SimpleInterface):
         mask = load_mask(self.inputs.mask) if isdefined(self.inputs.mask) else None
         params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
         r2s, reliable = r2star_map(mag, self.inputs.echo_times, method=self.inputs.method, mask=mask, **params)
-        self._results["r2star"] = save_like(r2s, img, "r2star.nii.gz", runtime.cwd)
-        self._results["t2star"] = save_like(t2star_from_r2star(r2s), img, "t2star.nii.gz", runtime.cwd)
-        self._results["reliable"] = save_like(reliable, img, "r2star_reliable.nii.gz", runtime.cwd)
+        self._results["r2star"] = save_like(r2s, img, "r2star.nii", runtime.cwd)
+        self._results["t2star"] = save_like(t2star_from_r2star(r2s), img, "t2star.nii", runtime.cwd)
+        self._results["reliable"] = save_like(reliable, img, "r2star_reliable.nii", runtime.cwd)
         self._results["info"] = jsonable(
             {"R2starMethod": self.inputs.method, "R2starParameters": params,
              "EchoTime": list(self.inputs.echo_times)}
@@ -108,5 +108,5 @@ class EchoAverage(SimpleInterface):
     def _run_interface(self, runtime):
         mag, img = load(self.inputs.magnitude)
         avg = echo_average(mag, method=self.inputs.method)
-        self._results["average"] = save_like(avg, img, "echo_average.nii.gz", runtime.cwd)
+        self._results["average"] = save_like(avg, img, "echo_average.nii", runtime.cwd)
         return runtime

@@ -60,7 +60,7 @@ class DipoleInversion(SimpleInterface):
             info = dict(info, EchoStrategy="per-echo inversion, mean of the echoes' chi maps")
         else:
             chi = chis[0]
-        self._results["chi"] = save_like(chi * mask, img, "chi.nii.gz", runtime.cwd)
+        self._results["chi"] = save_like(chi * mask, img, "chi.nii", runtime.cwd)
         self._results["info"] = jsonable({"DipoleInversion": self.inputs.method, "DipoleInversionParameters": info})
         return runtime
 
@@ -92,6 +92,6 @@ class ReferenceChi(SimpleInterface):
         out, info = reference_chi(
             chi, mask, method=self.inputs.method, roi=roi, r2star=r2s, voxel_size=voxel_size_of(img)
         )
-        self._results["chi"] = save_like(out * mask, img, "chi_referenced.nii.gz", runtime.cwd)
+        self._results["chi"] = save_like(out * mask, img, "chi_referenced.nii", runtime.cwd)
         self._results["info"] = jsonable(info)
         return runtime

@@ -71,8 +71,8 @@ class LoadGRE(SimpleInterface):
                 raise InputError(f"cannot scale phase to radians: {exc}", path=self.inputs.phase[0]) from exc
         mag4d = np.stack(mags, axis=-1).astype(np.float32)
         phase4d = np.stack(phases, axis=-1).astype(np.float32)
-        self._results["magnitude"] = save_like(mag4d, ref, "magnitude.nii.gz", runtime.cwd)
-        self._results["phase"] = save_like(phase4d, ref, "phase.nii.gz", runtime.cwd)
+        self._results["magnitude"] = save_like(mag4d, ref, "magnitude.nii", runtime.cwd)
+        self._results["phase"] = save_like(phase4d, ref, "phase.nii", runtime.cwd)
         self._results["phase_units"] = units
         self._results["b0_dir"] = [float(v) for v in kernels.b0_direction(ref.affine)]
         self._results["voxel_size"] = list(kernels.voxel_sizes(ref.affine))

@@ -37,8 +37,8 @@ class BrainMask(SimpleInterface):
         tight, filled, info = brain_mask(
             mag, voxel_size_of(img), method=self.inputs.method, quality=quality, noise=noise, **params
         )
-        self._results["mask"] = save_like(tight, img, "brain_mask.nii.gz", runtime.cwd)
-        self._results["mask_filled"] = save_like(filled, img, "brain_mask_filled.nii.gz", runtime.cwd)
-        self._results["brain"] = save_like(mag * filled, img, "brain_magnitude.nii.gz", runtime.cwd)
+        self._results["mask"] = save_like(tight, img, "brain_mask.nii", runtime.cwd)
+        self._results["mask_filled"] = save_like(filled, img, "brain_mask_filled.nii", runtime.cwd)
+        self._results["brain"] = save_like(mag * filled, img, "brain_magnitude.nii", runtime.cwd)
         self._results["info"] = jsonable({"MaskingMethod": self.inputs.method, "MaskingParameters": info})
         return runtime

@@ -36,8 +36,8 @@ class RemovePhaseOffset(SimpleInterface):
             phase, mag, self.inputs.echo_times, method=self.inputs.method,
             voxel_size=voxel_size_of(img), mask=mask,
         )
-        self._results["phase"] = save_like(corrected, img, "phase_nooffset.nii.gz", runtime.cwd)
-        self._results["offset"] = save_like(offset, img, "phase_offset.nii.gz", runtime.cwd)
+        self._results["phase"] = save_like(corrected, img, "phase_nooffset.nii", runtime.cwd)
+        self._results["offset"] = save_like(offset, img, "phase_offset.nii", runtime.cwd)
         return runtime
 
 
@@ -72,8 +72,8 @@ class UnwrapPhase(SimpleInterface):
             phase, method=self.inputs.method, voxel_size=voxel_size_of(img), mag=mag, tes=tes,
             mask=mask, workers=self.inputs.num_threads, **params,
         )
-        self._results["unwrapped"] = save_like(unwrapped, img, "phase_unwrapped.nii.gz", runtime.cwd)
+        self._results["unwrapped"] = save_like(unwrapped, img, "phase_unwrapped.nii", runtime.cwd)
         if quality is not None:
-            self._results["quality"] = save_like(quality, img, "phase_quality.nii.gz", runtime.cwd)
+            self._results["quality"] = save_like(quality, img, "phase_quality.nii", runtime.cwd)
         self._results["info"] = {"UnwrappingMethod": self.inputs.method, "UnwrappingParameters": params}
         return runtime

@@ -19,12 +19,12 @@ def unwrap_laplacian(phase, voxel_size, *, pad=8, workers=None):
     by ``pad`` voxels (edge-replicated to avoid jumps at the border).
     """
     workers = kernels.resolve_workers(workers)
-    phase = np.asarray(phase, dtype=np.float64)
+    phase = np.asarray(phase, dtype=np.float32)
     shape = kernels.padded_shape(phase.shape, pad)
     widths = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(shape, phase.shape)]
     padded = np.pad(phase, widths, mode="edge")
     crop = tuple(slice(w[0], w[0] + n) for w, n in zip(widths, phase.shape))
-    lap = kernels.laplacian_kernel(shape, voxel_size, rfft=True).astype(np.float64)
+    lap = kernels.laplacian_kernel(shape, voxel_size, rfft=True)  # float32: single precision FFTs
     inv = np.zeros_like(lap)
     inv[lap != 0] = 1.0 / lap[lap != 0]
 
