@@ -32,7 +32,7 @@ METHODS = {
     "phase_units": ("auto", "int12", "int12-signed", "uint16", "radians"),
     "phase_offset": ("none", "mcpc3ds"),
     "unwrapping": ("laplacian", "skimage"),
-    "combination": ("linear", "per-echo"),
+    "combination": ("linear", "nonlinear", "per-echo"),
     "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
     "masking": ("threshold",),
@@ -63,6 +63,7 @@ METHOD_DEFAULTS = {
     ("r2star", "loglinear"): {"r2star_max": 500.0},
     ("r2star", "arlo"): {"r2star_max": 500.0},
     ("combination", "linear"): {"intercept": True},
+    ("combination", "nonlinear"): {"max_iter": 30},
     ("combination", "per-echo"): {"intercept": True},
     ("masking", "threshold"): {"refine": True, "erode_mm": 0.0},
 }
@@ -170,6 +171,14 @@ class Config:
             if not isinstance(pad, int) or pad < 0:
                 raise InputError(f"pad_voxels must be a non-negative integer, got {pad!r}", path=source)
             self.workflow.pad_voxels = pad
+        if (self.workflow.stages["combination"].method == "nonlinear"
+                and self.workflow.stages["unwrapping"].method == "laplacian"):
+            raise InputError(
+                "combination 'nonlinear' fits the complex signal starting from the unwrapped phase "
+                "and needs it 2π-consistent with the data; Laplacian unwrapping is exact only up to "
+                "a smooth function, so use unwrapping 'skimage' with it",
+                path=source,
+            )
         # The per-echo strategy needs per-echo fields, and per-echo fields imply the strategy.
         if self.workflow.stages["combination"].method == "per-echo":
             self.workflow.echo_strategy = "per-echo"
