@@ -38,7 +38,7 @@ METHODS = {
     "masking": ("threshold",),
     "background": ("vsharp",),
     "inversion": ("tkd", "tikhonov"),
-    "reference": ("whole-brain", "none"),
+    "reference": ("whole-brain", "csf", "none"),
 }
 
 #: Defaults: the simplest correct method at each stage (the foundation pipeline).

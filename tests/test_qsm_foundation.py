@@ -372,3 +372,21 @@ def test_nonlinear_complex_fit_matches_truth_with_calibrated_noise():
     # the noise map is calibrated: the standardised errors have unit spread
     z = (nl["field"] - field) / nl["noise"]
     assert 0.7 < z.std() < 1.3
+
+
+def test_csf_reference_finds_ventricles(small_phantom, small_gre):
+    from qsmprep.qsm.reference import csf_mask
+
+    ph, (sig, _) = small_phantom, small_gre
+    r2, _ = r2star_map(np.abs(sig), ph.tes)
+    csf = csf_mask(r2, ph.brain_mask, ph.voxel_size)
+    ventricles = np.isin(ph.labels, (7, 8))
+    assert csf.sum() >= 8 and (csf & ventricles).sum() / csf.sum() > 0.9
+    chi = ph.chi.copy()
+    out, info = reference_chi(chi, ph.brain_mask, method="csf", r2star=r2, voxel_size=ph.voxel_size)
+    assert info["ReferenceRegion"] == "csf" and info["ReferenceVoxels"] == csf.sum()
+    assert abs(out[csf].mean()) < 1e-6
+    with pytest.raises(ValueError, match="needs the R2"):
+        reference_chi(chi, ph.brain_mask, method="csf")
+    with pytest.raises(ValueError, match="no ventricular CSF"):
+        csf_mask(np.full(ph.chi.shape, 30.0), ph.brain_mask, ph.voxel_size)

@@ -67,3 +67,10 @@ def test_qsmprep_wf_one_subworkflow_per_participant(tmp_path):
     # three participants share three processes: one thread each for FFT-heavy nodes
     inv = [n for n in wf._get_all_nodes() if n.name == "inversion"]
     assert len(inv) == 3 and all(n.n_procs == 1 for n in inv)
+
+
+def test_csf_reference_needs_two_echoes():
+    cfg = mock_config(reference="csf")
+    init_gre_wf(echo_times=[0.004, 0.008], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))
+    with pytest.raises(InputError, match="at least two echoes"):
+        init_gre_wf(echo_times=[0.02], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces.utility import Function, IdentityInterface
 from nipype.pipeline import engine as pe
 
+from qsmprep.errors import InputError
 from qsmprep.interfaces.background import BackgroundRemoval
 from qsmprep.interfaces.echoes import EchoAverage, FitField, R2Star
 from qsmprep.interfaces.inversion import DipoleInversion, ReferenceChi
@@ -112,6 +113,9 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         name="inversion", n_procs=omp_nthreads, mem_gb=mem_inv,
     )
     ref_method, _ = _stage(stages, "reference")
+    if ref_method == "csf" and n_echoes < 2:
+        raise InputError("reference 'csf' finds the ventricles from R2*, which needs at least two echoes; "
+                         "this acquisition has one (use reference 'whole-brain')")
     reference = pe.Node(ReferenceChi(method=ref_method), name="reference", mem_gb=_gb(4 * vol_bytes))
 
     offset_method, _ = _stage(stages, "phase_offset")
