@@ -31,7 +31,7 @@ from qsmprep.errors import InputError
 METHODS = {
     "phase_units": ("auto", "int12", "int12-signed", "uint16", "radians"),
     "phase_offset": ("none", "mcpc3ds"),
-    "unwrapping": ("laplacian", "skimage"),
+    "unwrapping": ("laplacian", "romeo", "skimage"),
     "combination": ("linear", "nonlinear", "per-echo"),
     "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
@@ -172,11 +172,11 @@ class Config:
                 raise InputError(f"pad_voxels must be a non-negative integer, got {pad!r}", path=source)
             self.workflow.pad_voxels = pad
         if (self.workflow.stages["combination"].method == "nonlinear"
-                and self.workflow.stages["unwrapping"].method == "laplacian"):
+                and self.workflow.stages["unwrapping"].method == "laplacian"):  # romeo/skimage: 2π-consistent
             raise InputError(
                 "combination 'nonlinear' fits the complex signal starting from the unwrapped phase "
                 "and needs it 2π-consistent with the data; Laplacian unwrapping is exact only up to "
-                "a smooth function, so use unwrapping 'skimage' with it",
+                "a smooth function, so use unwrapping 'romeo' or 'skimage' with it",
                 path=source,
             )
         # The per-echo strategy needs per-echo fields, and per-echo fields imply the strategy.

@@ -67,17 +67,26 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     a11, a12, a22 = w.sum(-1), (w * tes).sum(-1), (w * tes**2).sum(-1)
     det = a11 * a22 - a12**2
     det = np.where(det > 0, det, np.inf)
+    # Gauss-Newton on the voxels that have not converged yet (an active set), so the cost
+    # of the rare slow voxels does not multiply the whole volume's.
+    shape = omega.shape
+    omega, phi0 = omega.reshape(-1), phi0.reshape(-1)
+    sig_f, mag_f = sig.reshape(-1, tes.size), mag.reshape(-1, tes.size)
+    a11_f, a12_f, a22_f, det_f = a11.reshape(-1), a12.reshape(-1), a22.reshape(-1), det.reshape(-1)
+    active = np.flatnonzero(np.isfinite(det_f) & (a11_f > 0))
     for _ in range(max_iter):
-        model = mag * np.exp(1j * (phi0[..., None] + omega[..., None] * tes))
-        # Gauss-Newton step: Jᵀr with r = S − model, J = i·model·[1, TE]
-        g = np.imag(np.conj(model) * sig)  # = Re(conj(i·model)·r) since Re(conj(i m)(S − m)) = Im(conj(m) S)
-        b1, b2 = g.sum(-1), (g * tes).sum(-1)
-        d_phi0 = (a22 * b1 - a12 * b2) / det
-        d_omega = (a11 * b2 - a12 * b1) / det
-        phi0 += d_phi0
-        omega += d_omega
-        if np.nanmax(np.abs(d_omega)) * tes[-1] < tol:
+        if active.size == 0:
             break
+        theta = phi0[active, None] + omega[active, None] * tes
+        # Jᵀr with r = S − |S| e^{iθ}: Re(conj(i |S| e^{iθ}) r) = Im(|S| e^{−iθ} S)
+        g = mag_f[active] * np.imag(np.exp(-1j * theta) * sig_f[active])
+        b1, b2 = g.sum(-1), (g * tes).sum(-1)
+        d_phi0 = (a22_f[active] * b1 - a12_f[active] * b2) / det_f[active]
+        d_omega = (a11_f[active] * b2 - a12_f[active] * b1) / det_f[active]
+        phi0[active] += d_phi0
+        omega[active] += d_omega
+        active = active[np.abs(d_omega) * tes[-1] >= tol]
+    omega, phi0 = omega.reshape(shape), phi0.reshape(shape)
     model = mag * np.exp(1j * (phi0[..., None] + omega[..., None] * tes))
     # The amplitude is the measured |S|, so only the tangential residual (E values) is free:
     # E − 2 degrees of freedom.  The noise of complex MR data is the same everywhere, so σ²

@@ -93,16 +93,22 @@ def unwrap_echoes(phase, *, method="laplacian", voxel_size, mag=None, tes=None, 
                   **params):
     """Unwrap every echo of a 4D phase; returns (unwrapped 4D, phase-quality map).
 
-    ``laplacian``: :func:`unwrap_laplacian_echoes`; ``skimage``: :func:`unwrap_skimage` per
-    echo, each echo's global 2π multiple matched to the TE-scaled first echo.
+    ``laplacian``: :func:`unwrap_laplacian_echoes`; ``romeo``: quality-guided region growing
+    with temporal unwrapping (:func:`qsmprep.qsm.romeo.unwrap_romeo`, whose quality map is
+    returned); ``skimage``: :func:`unwrap_skimage` per echo, each echo's global 2π multiple
+    matched to the TE-scaled first echo.
     """
     phase = np.asarray(phase, dtype=np.float32)
     if phase.ndim == 3:
         phase = phase[..., None]
     if method == "laplacian":
         return unwrap_laplacian_echoes(phase, voxel_size, workers=workers, **params), phase_gradient_quality(phase)
+    if method == "romeo":
+        from qsmprep.qsm.romeo import unwrap_romeo
+
+        return unwrap_romeo(phase, mag, tes, mask=mask, **params)
     if method != "skimage":
-        raise ValueError(f"unknown unwrapping method {method!r}; use laplacian or skimage")
+        raise ValueError(f"unknown unwrapping method {method!r}; use laplacian, romeo or skimage")
     out = np.stack([unwrap_skimage(phase[..., e], mask=mask) for e in range(phase.shape[-1])], axis=-1)
     if tes is not None and phase.shape[-1] > 1:
         region = np.ones(phase.shape[:3], bool) if mask is None else np.asarray(mask, bool)
