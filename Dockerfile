@@ -15,7 +15,8 @@ ENV OMP_NUM_THREADS=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --create-home --uid 1000 qsmprep \
