@@ -246,18 +246,22 @@ def test_vsharp_removes_background_keeps_local():
 
 
 # --- inversion and reference ------------------------------------------------------------
-def test_tkd_recovers_sphere_and_corrects_underestimation():
-    shape = (64, 64, 64)
-    x, y, z = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
-    chi = 0.2 * (x**2 + y**2 + z**2 < 8**2)
-    big = tuple(2 * n for n in shape)
+def _sphere_of_chi(n=64, radius=8, chi=0.2):
+    """Field (ppm) of a χ sphere in a 64³ grid, zero-padded twice; mask r < 24; r² grid."""
+    x, y, z = np.meshgrid(*[np.arange(n) - n / 2 for _ in range(3)], indexing="ij")
+    r2 = x**2 + y**2 + z**2
+    big = (2 * n,) * 3
     pad = np.zeros(big)
-    pad[:64, :64, :64] = chi
-    field = np.real(np.fft.ifftn(np.fft.fftn(pad) * kernels.dipole_kernel(big, (1, 1, 1))))[:64, :64, :64]
-    mask = x**2 + y**2 + z**2 < 24**2
+    pad[:n, :n, :n] = chi * (r2 < radius**2)
+    field = np.real(np.fft.ifftn(np.fft.fftn(pad) * kernels.dipole_kernel(big, (1, 1, 1))))[:n, :n, :n]
+    return field, r2 < 24**2, r2
+
+
+def test_tkd_recovers_sphere_and_corrects_underestimation():
+    field, mask, r2 = _sphere_of_chi()
     raw, factor = tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.19, correct=False)
     fixed, factor = tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.19, correct=True)
-    inside = x**2 + y**2 + z**2 < 5**2
+    inside = r2 < 5**2
     assert 0 < factor < 1
     assert abs(fixed[inside].mean() - 0.2) < abs(raw[inside].mean() - 0.2)
     assert fixed[inside].mean() == pytest.approx(0.2, rel=0.1)
@@ -307,16 +311,9 @@ def test_arlo_matches_truth_and_needs_equal_spacing():
 
 
 def test_tikhonov_recovers_sphere_and_validates():
-    shape = (64, 64, 64)
-    x, y, z = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
-    chi = 0.2 * (x**2 + y**2 + z**2 < 8**2)
-    big = tuple(2 * n for n in shape)
-    pad = np.zeros(big)
-    pad[:64, :64, :64] = chi
-    field = np.real(np.fft.ifftn(np.fft.fftn(pad) * kernels.dipole_kernel(big, (1, 1, 1))))[:64, :64, :64]
-    mask = x**2 + y**2 + z**2 < 24**2
+    field, mask, r2 = _sphere_of_chi()
     out, info = invert(field, mask, (1, 1, 1), (0, 0, 1), method="tikhonov", lambda_=0.005)
-    inside = x**2 + y**2 + z**2 < 5**2
+    inside = r2 < 5**2
     assert out[inside].mean() - out[mask & ~inside].mean() == pytest.approx(0.2, rel=0.15)
     assert info == {"method": "tikhonov", "lambda": 0.005, "lambda_rule": "fixed", "pad": 16}
     assert np.all(np.isfinite(out))

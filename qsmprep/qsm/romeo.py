@@ -34,12 +34,33 @@ def _jit(func):
     return njit(cache=True, nogil=True)(func)
 
 
-def _grow_impl(phase, weights, valid, strides, order):  # pragma: no cover - compiled by numba
+def _push_edges_impl(v, weights, valid, visited, strides, nxt, head, level):  # pragma: no cover - numba
+    """Queue the edges from visited voxel ``v`` to its unvisited neighbours; return the lowest bin."""
+    n = valid.size
+    for a in range(3):
+        u = v + strides[a]
+        e = v * 3 + a
+        if u < n and weights[e] < N_BINS and valid[u] and not visited[u]:
+            b = weights[e]
+            nxt[e] = head[b]
+            head[b] = e
+            level = min(level, b)
+        w = v - strides[a]
+        if w >= 0:
+            e = w * 3 + a
+            if weights[e] < N_BINS and valid[w] and not visited[w]:
+                b = weights[e]
+                nxt[e] = head[b]
+                head[b] = e
+                level = min(level, b)
+    return level
+
+
+def _grow_impl(phase, weights, valid, strides, order, push):  # pragma: no cover - compiled by numba
     n = phase.size
-    n_edges = weights.size
     visited = np.zeros(n, dtype=np.bool_)
     out = phase.copy()
-    nxt = np.full(n_edges, -1, dtype=np.int64)
+    nxt = np.full(weights.size, -1, dtype=np.int64)
     head = np.full(N_BINS, -1, dtype=np.int64)
     two_pi = 2.0 * np.pi
     for seed_idx in range(order.size):
@@ -47,23 +68,7 @@ def _grow_impl(phase, weights, valid, strides, order):  # pragma: no cover - com
         if visited[seed] or not valid[seed]:
             continue
         visited[seed] = True
-        # push the seed's edges
-        stack_v = seed
-        for a in range(3):
-            e = stack_v * 3 + a
-            u = stack_v + strides[a]
-            if weights[e] < N_BINS and u < n and valid[u] and not visited[u]:
-                b = weights[e]
-                nxt[e] = head[b]
-                head[b] = e
-            w = stack_v - strides[a]
-            if w >= 0:
-                e2 = w * 3 + a
-                if weights[e2] < N_BINS and valid[w] and not visited[w]:
-                    b = weights[e2]
-                    nxt[e2] = head[b]
-                    head[b] = e2
-        level = 0
+        level = push(seed, weights, valid, visited, strides, nxt, head, N_BINS)
         while level < N_BINS:
             e = head[level]
             if e < 0:
@@ -71,34 +76,13 @@ def _grow_impl(phase, weights, valid, strides, order):  # pragma: no cover - com
                 continue
             head[level] = nxt[e]
             v = e // 3
-            a = e - v * 3
-            u = v + strides[a]
+            u = v + strides[e - v * 3]
             if visited[v] and visited[u]:
                 continue
-            if visited[v]:
-                src, new = v, u
-            else:
-                src, new = u, v
+            src, new = (v, u) if visited[v] else (u, v)
             out[new] = out[new] + two_pi * np.round((out[src] - out[new]) / two_pi)
             visited[new] = True
-            for a2 in range(3):
-                e3 = new * 3 + a2
-                u2 = new + strides[a2]
-                if weights[e3] < N_BINS and u2 < n and valid[u2] and not visited[u2]:
-                    b = weights[e3]
-                    nxt[e3] = head[b]
-                    head[b] = e3
-                    if b < level:
-                        level = b
-                w2 = new - strides[a2]
-                if w2 >= 0:
-                    e4 = w2 * 3 + a2
-                    if weights[e4] < N_BINS and valid[w2] and not visited[w2]:
-                        b = weights[e4]
-                        nxt[e4] = head[b]
-                        head[b] = e4
-                        if b < level:
-                            level = b
+            level = push(new, weights, valid, visited, strides, nxt, head, level)
     return out, visited
 
 
@@ -108,7 +92,12 @@ _grow = None
 def _grow_compiled():
     global _grow
     if _grow is None:
-        _grow = _jit(_grow_impl)
+        push = _jit(_push_edges_impl)
+        grow = _jit(_grow_impl)
+
+        def _grow(phase, weights, valid, strides, order):
+            return grow(phase, weights, valid, strides, order, push)
+
     return _grow
 
 
