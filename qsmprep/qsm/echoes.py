@@ -58,8 +58,8 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     standard deviation from the Gauss-Newton covariance ``σ² (JᵀJ)⁻¹``.
     """
     tes = np.asarray(tes, dtype=np.float64)
-    mag = np.asarray(mag, dtype=np.float64)
-    sig = mag * np.exp(1j * np.asarray(signal_phase, dtype=np.float64))
+    mag = np.asarray(mag, dtype=np.float32)
+    sig = mag * np.exp(1j * np.asarray(signal_phase, dtype=np.float32))
     omega = np.array(init_slope, dtype=np.float64)
     phi0 = np.array(init_offset, dtype=np.float64)
     # JᵀJ of the real-valued problem: J = i|S| e^{iθ} [1, TE] -> JᵀJ = Σ|S|² [[1, TE], [TE, TE²]]
@@ -71,23 +71,27 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     # of the rare slow voxels does not multiply the whole volume's.
     shape = omega.shape
     omega, phi0 = omega.reshape(-1), phi0.reshape(-1)
-    sig_f, mag_f = sig.reshape(-1, tes.size), mag.reshape(-1, tes.size)
+    # single precision for the per-echo work (the phase residuals are far above float32 eps)
+    re_f = np.ascontiguousarray(sig.real.reshape(-1, tes.size), dtype=np.float32)
+    im_f = np.ascontiguousarray(sig.imag.reshape(-1, tes.size), dtype=np.float32)
+    mag_f = np.asarray(mag.reshape(-1, tes.size), dtype=np.float32)
+    tes32 = tes.astype(np.float32)
     a11_f, a12_f, a22_f, det_f = a11.reshape(-1), a12.reshape(-1), a22.reshape(-1), det.reshape(-1)
     active = np.flatnonzero(np.isfinite(det_f) & (a11_f > 0))
     for _ in range(max_iter):
         if active.size == 0:
             break
-        theta = phi0[active, None] + omega[active, None] * tes
+        theta = (phi0[active, None] + omega[active, None] * tes).astype(np.float32)
         # Jᵀr with r = S − |S| e^{iθ}: Re(conj(i |S| e^{iθ}) r) = Im(|S| e^{−iθ} S)
-        g = mag_f[active] * np.imag(np.exp(-1j * theta) * sig_f[active])
-        b1, b2 = g.sum(-1), (g * tes).sum(-1)
+        g = mag_f[active] * (np.cos(theta) * im_f[active] - np.sin(theta) * re_f[active])
+        b1, b2 = g.sum(-1, dtype=np.float64), (g * tes32).sum(-1, dtype=np.float64)
         d_phi0 = (a22_f[active] * b1 - a12_f[active] * b2) / det_f[active]
         d_omega = (a11_f[active] * b2 - a12_f[active] * b1) / det_f[active]
         phi0[active] += d_phi0
         omega[active] += d_omega
         active = active[np.abs(d_omega) * tes[-1] >= tol]
     omega, phi0 = omega.reshape(shape), phi0.reshape(shape)
-    model = mag * np.exp(1j * (phi0[..., None] + omega[..., None] * tes))
+    model = mag * np.exp(1j * (phi0[..., None] + omega[..., None] * tes).astype(np.float32))
     # The amplitude is the measured |S|, so only the tangential residual (E values) is free:
     # E − 2 degrees of freedom.  The noise of complex MR data is the same everywhere, so σ²
     # is pooled over voxels (median of the per-voxel estimates, corrected for the median of
