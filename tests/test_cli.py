@@ -134,3 +134,11 @@ def test_config_defaults_and_presets(tmp_path):
     with pytest.raises(InputError, match="cannot parse"):
         load_preset(broken)
     assert json.loads(json.dumps(cfg.to_dict()))["workflow"]["stages"]["background"]["method"] == "vsharp"
+
+
+def test_demo_refuses_to_overwrite_without_flag(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    (tmp_path / "bids" / "keep.txt").write_text("x")
+    rc = main(["demo", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--overwrite" in err and (tmp_path / "bids" / "keep.txt").is_file()

@@ -99,6 +99,6 @@ def get_demo_parser():
     parser.add_argument("--subjects", type=_positive_int, default=2, help="number of phantom participants")
     parser.add_argument("--nprocs", type=_positive_int, default=2, help="processes to run in parallel")
     parser.add_argument("--config", type=_existing_file, metavar="PRESET", help="workflow preset (JSON/TOML)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing demo in OUT_DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing demo in OUT_DIR (its bids, truth, work and derivatives)")
     parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0, help="more log output")
     return parser

@@ -175,6 +175,11 @@ def run_demo(opts):
     out = Path(opts.out_dir).absolute()
     LOGGER.info("Writing the %s demo dataset (%d participants) to %s", opts.size, opts.subjects, out / "bids")
     info = write_demo_dataset(out, size=opts.size, n_subjects=opts.subjects, overwrite=opts.overwrite)
+    if opts.overwrite:  # a replaced demo must not reuse the previous demo's work or outputs
+        import shutil
+
+        for sub in ("work", "derivatives"):
+            shutil.rmtree(out / sub, ignore_errors=True)
     config = Config()
     ex = config.execution
     ex.bids_dir, ex.output_dir, ex.work_dir = str(out / "bids"), str(out / "derivatives" / "qsmprep"), str(out / "work")
