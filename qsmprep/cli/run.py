@@ -64,7 +64,6 @@ def write_dataset_description(output_dir, config):
         "GeneratedBy": [{
             "Name": "qsmprep",
             "Version": __version__,
-            "CodeURL": "https://github.com/qsmprep/qsmprep",
             "Configuration": config.to_dict()["workflow"],
         }],
         "DatasetLinks": {"raw": Path(config.execution.bids_dir).absolute().as_uri()},
