@@ -124,7 +124,36 @@ _CALC = ((22.0, 28.0, 32.0), 3.0)
 
 @dataclass
 class Phantom:
-    """Ground truth of one phantom acquisition; arrays in voxel order of the GRE grid."""
+    """Ground truth of one phantom acquisition; arrays in voxel order of the GRE grid.
+
+    Attributes
+    ----------
+    chi : ndarray of float32
+        Susceptibility (ppm, relative to water/CSF); +9.4 in air, −2.0 in bone.
+    labels : ndarray of int16
+        Tissue label at each voxel centre (see :data:`DEMO_LABELS`).
+    brain_mask : ndarray of bool
+        ``isin(labels, BRAIN_LABELS)``.
+    m0, r2star : ndarray of float32
+        Proton density (a.u.) and R2* (1/s), voxel means.
+    total_field, local_field, background_field : ndarray of float32
+        Fields in ppm of B0 (conventions in the module docstring).
+    affine : ndarray (4, 4)
+        GRE grid affine (RAS+ mm), centred on the world origin, tilted by ``oblique_deg``.
+    voxel_size : tuple of float
+        Isotropic voxel size (mm).
+    b0 : float
+        Field strength (T).
+    b0_dir : ndarray (3,)
+        Unit B0 vector (world +z) in voxel axes, ``R⁻¹ (0, 0, 1)``.
+    tes : ndarray
+        Echo times (s).
+    lut : dict
+        ``label -> (name, hemisphere, χ ppm, R2* 1/s)`` of this subject (deep-grey χ
+        scaled by the subject's factor).
+    fine : dict
+        Fine-grid maps used by :func:`simulate_gre` (``ss`` sub-voxels per axis).
+    """
 
     chi: np.ndarray
     labels: np.ndarray
@@ -239,6 +268,22 @@ def dipole_field(chi, voxel_size, b0_dir, *, outside=0.0):
     The same forward model as ``qsm_forward.generate_field`` (which pads with the corner
     voxel), written with real FFTs in float64 to fit the 1 mm phantom in memory, and with
     the usual ``D(0) = 0`` (qsm-forward's kernel has ``D(0) = 1/3``, a constant offset).
+
+    Parameters
+    ----------
+    chi : ndarray, 3D
+        Susceptibility (ppm).
+    voxel_size : sequence of 3 float
+        Voxel size (mm); isotropic for the phantom.
+    b0_dir : sequence of 3 float
+        Unit B0 vector in voxel axes.
+    outside : float
+        χ of the padding (the medium around the grid): air (9.4) for the total field.
+
+    Returns
+    -------
+    ndarray of float32
+        Field in ppm of B0, on the grid of ``chi``.
     """
     import scipy.fft as sfft
 
@@ -276,6 +321,11 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
         Subject seed (head pose, deep-grey χ within ±10 %).
     oblique_deg : float
         Tilt of the acquisition grid about x; B0 (world z) is then oblique in voxel axes.
+
+    Returns
+    -------
+    Phantom
+        Ground truth on the GRE grid (conventions in the module docstring).
 
     Notes
     -----
@@ -350,6 +400,23 @@ def simulate_gre(phantom, *, snr=100.0, seed=0):
     phantom's fine grid, averaged over each voxel (intravoxel dephasing), a smooth
     quadratic receive phase offset over the head (``generate_phase_offset``), and complex
     Gaussian noise with std = max|signal| / ``snr`` (``add_noise``).
+
+    Parameters
+    ----------
+    phantom : Phantom
+        From :func:`make_phantom`.
+    snr : float
+        Peak SNR: noise std (real and imaginary) is ``max|signal| / snr``.
+    seed : int
+        Noise seed (``np.random.default_rng(seed + 1000)``).
+
+    Returns
+    -------
+    signal : ndarray of complex64, shape (x, y, z, echo)
+        ``M0 · SPGR(TR, 15°) · exp(−TE R2*) · exp(i (2π · 42.58 · B0 · total_field · TE + φ0))``
+        plus noise (``generate_signal`` uses 42.58 MHz/T).
+    phase_offset : ndarray of float32, shape (x, y, z)
+        The receive phase φ0 (rad), non-zero in the brain.
     """
     from qsm_forward import add_noise, generate_phase_offset, generate_signal
 
@@ -375,8 +442,23 @@ def simulate_gre(phantom, *, snr=100.0, seed=0):
 def render_t1w(size="small", *, seed=0, t1w_motion=None):
     """T1w-like image of subject ``seed`` on its own grid, not skull-stripped.
 
-    ``t1w_motion = (rx_deg, ry_deg, rz_deg, tx_mm, ty_mm, tz_mm)`` moves the anatomy by a
-    known rigid transform (rotation about the world origin, then translation).
+    Parameters
+    ----------
+    size : {"small", "full"}
+        ``small``: 2 mm isotropic 108×108×72; ``full``: 1 mm 224×224×144 (the GRE field of
+        view, axis-aligned).
+    seed : int
+        Subject seed: the same anatomy (pose) as ``make_phantom(size, seed=seed)``.
+    t1w_motion : sequence of 6 float, optional
+        ``(rx_deg, ry_deg, rz_deg, tx_mm, ty_mm, tz_mm)``: the anatomy is moved by this
+        rigid transform, ``x' = R x + t`` with ``R = Rz Ry Rx`` about the world origin,
+        applied after the subject's pose.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32, intensities ≈ 0..1000 (WM 900, GM 600, deep grey 700, CSF 150, scalp 800),
+        with a smooth multiplicative bias field and Gaussian noise (std 20).
     """
     vs, shape, _, t1_vs = SIZES[size]
     t1_shape = tuple(int(round(n * vs / t1_vs)) for n in shape)
@@ -404,7 +486,39 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
                        overwrite=False):
     """Write the demo BIDS dataset to ``out_dir/bids`` and the truth to ``out_dir/truth``.
 
-    Returns a dictionary with ``bids_dir``, ``truth_dir`` and, per subject, the truth files.
+    Subject ``sub-0N`` (N = 1, 2, ...) is ``make_phantom(size, seed=seed + N - 1)`` and
+    ``simulate_gre(..., snr=snr, seed=seed + N - 1)``.  BIDS: ``dataset_description.json``,
+    ``participants.tsv``, ``README``, per echo ``anat/sub-0N_echo-<e>_part-{mag,phase}_MEGRE``
+    (magnitude uint16 scaled so the maximum over all echoes is 4000; phase uint16
+    ``round((φ + π) / 2π · 4096) mod 4096``, Siemens-style) with JSON sidecars, and
+    ``anat/sub-0N_T1w``.  Truth (outside the BIDS tree, GRE grid): ``truth/sub-0N/sub-0N_``
+    ``Chimap``, ``dseg`` (+ ``.tsv`` with this subject's χ), ``desc-brain_mask``,
+    ``desc-{total,local,background}field_fieldmap`` (ppm) and ``R2starmap`` (1/s), and the
+    nominal look-up table ``truth/dseg.tsv``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Parent folder of ``bids`` and ``truth``.
+    size : {"small", "full"}
+    n_subjects : int
+    seed : int
+        Seed of the first subject.
+    snr : float
+        Peak SNR of the complex signal.
+    oblique_deg : float
+        Tilt of the GRE grid about x.
+    overwrite : bool
+        Replace an existing non-empty ``out_dir/bids`` (and ``out_dir/truth``); otherwise
+        :class:`FileExistsError` is raised.
+
+    Returns
+    -------
+    dict
+        ``bids_dir``, ``truth_dir`` and ``subjects``: ``{"01": {"Chimap": path, ...}, ...}``
+        (keys ``Chimap``, ``dseg``, ``dseg_tsv``, ``desc-brain_mask``,
+        ``desc-totalfield_fieldmap``, ``desc-localfield_fieldmap``,
+        ``desc-backgroundfield_fieldmap``, ``R2starmap``).
     """
     out_dir = Path(out_dir)
     bids, truth = out_dir / "bids", out_dir / "truth"
@@ -448,7 +562,10 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
                 })
         t1w = render_t1w(size, seed=sub_seed)
         t1w.to_filename(anat / f"sub-{sub}_T1w.nii.gz")
-        _write_json(anat / f"sub-{sub}_T1w.json", {"MagneticFieldStrength": ph.b0, "Manufacturer": "Siemens"})
+        _write_json(anat / f"sub-{sub}_T1w.json", {
+            "MagneticFieldStrength": ph.b0, "Manufacturer": "Siemens", "MRAcquisitionType": "3D",
+            "RepetitionTime": 2.3, "InversionTime": 0.9, "EchoTime": 0.00298, "FlipAngle": 9,
+        })
 
         tdir = truth / f"sub-{sub}"
         tdir.mkdir(parents=True, exist_ok=True)
@@ -461,9 +578,17 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
             path = tdir / f"sub-{sub}_{name}.nii.gz"
             nib.Nifti1Image(arr, ph.affine).to_filename(path)
             files[name] = str(path)
+        tsv = tdir / f"sub-{sub}_dseg.tsv"
+        _write_lut(tsv, ph.lut)
+        files["dseg_tsv"] = str(tsv)
         result["subjects"][sub] = files
         LOGGER.info("demo: wrote sub-%s (%s, %d echoes)", sub, size, len(ph.tes))
-    lines = ["index\tname\themisphere\tchi_ppm\tr2star_per_s"]
-    lines += [f"{lab}\t{v[0]}\t{v[1]}\t{v[2]}\t{v[3]}" for lab, v in DEMO_LABELS.items()]
-    (truth / "dseg.tsv").write_text("\n".join(lines) + "\n")
+    _write_lut(truth / "dseg.tsv", DEMO_LABELS)
     return result
+
+
+def _write_lut(path, lut):
+    """BIDS ``dseg.tsv``: index, name, hemisphere (``n/a`` if none), χ (ppm), R2* (1/s)."""
+    lines = ["index\tname\themisphere\tchi_ppm\tr2star_per_s"]
+    lines += [f"{lab}\t{v[0]}\t{v[1] or 'n/a'}\t{float(v[2]):.6g}\t{float(v[3]):.6g}" for lab, v in lut.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
