@@ -35,7 +35,7 @@ METHODS = {
     "combination": ("linear", "nonlinear", "per-echo"),
     "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
-    "masking": ("threshold",),
+    "masking": ("threshold", "bet"),
     "background": ("vsharp",),
     "inversion": ("tkd", "tikhonov"),
     "reference": ("whole-brain", "csf", "none"),
@@ -66,6 +66,7 @@ METHOD_DEFAULTS = {
     ("combination", "nonlinear"): {"max_iter": 30},
     ("combination", "per-echo"): {"intercept": True},
     ("masking", "threshold"): {"refine": True, "erode_mm": 0.0},
+    ("masking", "bet"): {"f": 0.5, "g": 0.0, "refine": True, "erode_mm": 0.0},
 }
 
 ECHO_STRATEGIES = ("combined", "per-echo")
