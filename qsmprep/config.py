@@ -36,9 +36,9 @@ METHODS = {
     "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
     "masking": ("threshold", "bet"),
-    "background": ("vsharp",),
-    "inversion": ("tkd", "tikhonov"),
-    "reference": ("whole-brain", "csf", "none"),
+    "background": ("vsharp", "pdf", "lbv"),
+    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv"),
+    "reference": ("whole-brain", "csf", "roi", "none"),
 }
 
 #: Defaults: the simplest correct method at each stage (the foundation pipeline).
@@ -58,8 +58,14 @@ DEFAULT_STAGES = {
 #: Parameters a method starts from when a preset switches a stage to it.
 METHOD_DEFAULTS = {
     ("inversion", "tkd"): {"threshold": 0.19},
-    ("inversion", "tikhonov"): {"lambda_": 0.005},
+    ("inversion", "tikhonov"): {"lambda_": 0.005, "lambda_rule": "fixed"},
+    ("inversion", "ilsqr"): {"tol": 0.01, "max_iter": 100},
+    ("inversion", "medi"): {"lambda_": 5e-4, "lambda_rule": "fixed", "edge_fraction": 0.3},
+    ("inversion", "medi+0"): {"lambda_": 5e-4, "lambda_rule": "fixed", "edge_fraction": 0.3},
+    ("inversion", "tv"): {"lambda_": 2e-4, "lambda_rule": "fixed"},
     ("background", "vsharp"): {"radius_max_mm": 12.0},
+    ("background", "pdf"): {"tol": 1e-3, "max_iter": 200, "pad": 16},
+    ("background", "lbv"): {"tol": 1e-6, "max_iter": 200, "peel": 1},
     ("r2star", "loglinear"): {"r2star_max": 500.0},
     ("r2star", "arlo"): {"r2star_max": 500.0},
     ("combination", "linear"): {"intercept": True},
@@ -180,12 +186,42 @@ class Config:
                 "a smooth function, so use unwrapping 'romeo' or 'skimage' with it",
                 path=source,
             )
+        _check_stage_params(self.workflow.stages, source)
         # The per-echo strategy needs per-echo fields, and per-echo fields imply the strategy.
         if self.workflow.stages["combination"].method == "per-echo":
             self.workflow.echo_strategy = "per-echo"
         elif self.workflow.echo_strategy == "per-echo":
             self.workflow.stages["combination"] = Stage("per-echo", {"intercept": True})
         return self
+
+
+def _check_stage_params(stages, source):
+    """Refuse parameters a method does not take, and a 'roi' reference without its mask file."""
+    from qsmprep.qsm import background, inversion
+
+    for name, module in (("background", background), ("inversion", inversion)):
+        stage = stages[name]
+        unknown = sorted(set(stage.params) - module.method_parameters(stage.method))
+        if unknown:
+            raise InputError(
+                f"{name} method {stage.method!r} has no parameter(s) {unknown}; it takes "
+                f"{sorted(module.method_parameters(stage.method))}", path=source,
+            )
+    rule = stages["inversion"].params.get("lambda_rule", "fixed")
+    if rule not in inversion.LAMBDA_RULES:
+        raise InputError(f"inversion lambda_rule {rule!r} is not one of {list(inversion.LAMBDA_RULES)}",
+                         path=source)
+    ref = stages["reference"]
+    if ref.method == "roi":
+        roi = ref.params.get("mask")
+        if not roi:
+            raise InputError("reference 'roi' needs params {'mask': '<reference ROI mask, NIfTI in the GRE "
+                             "grid>'}", path=source)
+        if not Path(roi).is_file():
+            raise InputError(f"reference ROI mask {roi} does not exist", path=source)
+        ref.params["mask"] = str(Path(roi).absolute())
+    elif ref.params:
+        raise InputError(f"reference {ref.method!r} takes no parameters, got {sorted(ref.params)}", path=source)
 
 
 def load_preset(path):

@@ -259,8 +259,10 @@ def _sphere_of_chi(n=64, radius=8, chi=0.2):
 
 def test_tkd_recovers_sphere_and_corrects_underestimation():
     field, mask, r2 = _sphere_of_chi()
-    raw, factor = tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.19, correct=False)
-    fixed, factor = tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.19, correct=True)
+    raw, factor = tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.19, correct=False,
+                     return_factor=True)
+    fixed, factor = tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.19, correct=True, return_factor=True)
+    assert isinstance(tkd(field, mask, (1, 1, 1), (0, 0, 1)), np.ndarray)
     inside = r2 < 5**2
     assert 0 < factor < 1
     assert abs(fixed[inside].mean() - 0.2) < abs(raw[inside].mean() - 0.2)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
+from qsmprep.errors import InputError
 from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, load_mask, save_like, voxel_size_of
 from qsmprep.qsm.inversion import invert
 from qsmprep.qsm.reference import reference_chi
@@ -88,7 +90,15 @@ class ReferenceChi(SimpleInterface):
         chi, img = load(self.inputs.chi)
         mask = load_mask(self.inputs.mask)
         r2s = load(self.inputs.r2star)[0] if isdefined(self.inputs.r2star) else None
-        roi = load_mask(self.inputs.roi) if isdefined(self.inputs.roi) else None
+        roi = None
+        if isdefined(self.inputs.roi):
+            roi_img = nib.load(self.inputs.roi)
+            if roi_img.shape[:3] != chi.shape or not np.allclose(roi_img.affine, img.affine, atol=1e-3):
+                raise InputError(
+                    f"reference ROI mask {self.inputs.roi} is not in the GRE grid (shape {roi_img.shape}, "
+                    f"expected {chi.shape} with the GRE affine); resample it to the GRE image first"
+                )
+            roi = load_mask(self.inputs.roi)
         out, info = reference_chi(
             chi, mask, method=self.inputs.method, roi=roi, r2star=r2s, voxel_size=voxel_size_of(img)
         )

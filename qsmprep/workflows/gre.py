@@ -112,11 +112,16 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         DipoleInversion(method=inv_method, params=inv_params, pad=pad_voxels, num_threads=omp_nthreads),
         name="inversion", n_procs=omp_nthreads, mem_gb=mem_inv,
     )
-    ref_method, _ = _stage(stages, "reference")
+    if inv_method == "medi+0" and n_echoes < 2 and "csf" not in inv_params:
+        raise InputError("inversion 'medi+0' finds its CSF zero-reference region from R2*, which needs at "
+                         "least two echoes; this acquisition has one (use inversion 'medi')")
+    ref_method, ref_params = _stage(stages, "reference")
     if ref_method == "csf" and n_echoes < 2:
         raise InputError("reference 'csf' finds the ventricles from R2*, which needs at least two echoes; "
                          "this acquisition has one (use reference 'whole-brain')")
     reference = pe.Node(ReferenceChi(method=ref_method), name="reference", mem_gb=_gb(4 * vol_bytes))
+    if ref_method == "roi":
+        reference.inputs.roi = ref_params["mask"]
 
     offset_method, _ = _stage(stages, "phase_offset")
     if offset_method != "none":
