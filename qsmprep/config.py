@@ -41,7 +41,9 @@ METHODS = {
     "reference": ("whole-brain", "csf", "roi", "none"),
 }
 
-#: Defaults: the simplest correct method at each stage (the foundation pipeline).
+#: Defaults: fast, robust methods for phase handling, and for the field-to-χ steps the pair
+#: validated best on the demo phantom (PDF + MEDI; the multi-site and lesion studies' methods;
+#: see README and ``benchmarks/bench_qsm.py``).
 DEFAULT_STAGES = {
     "phase_units": {"method": "auto", "params": {}},
     "phase_offset": {"method": "none", "params": {}},
@@ -50,8 +52,8 @@ DEFAULT_STAGES = {
     "r2star": {"method": "loglinear", "params": {"r2star_max": 500.0}},
     "echo_average": {"method": "rss", "params": {}},
     "masking": {"method": "threshold", "params": {"refine": True, "erode_mm": 0.0}},
-    "background": {"method": "vsharp", "params": {"radius_max_mm": 12.0}},
-    "inversion": {"method": "tkd", "params": {"threshold": 0.19}},
+    "background": {"method": "pdf", "params": {"tol": 1e-3, "max_iter": 200, "pad": 16}},
+    "inversion": {"method": "medi", "params": {"lambda_": 5e-4, "lambda_rule": "fixed", "edge_fraction": 0.3}},
     "reference": {"method": "whole-brain", "params": {}},
 }
 

@@ -49,7 +49,7 @@ def test_outputs_and_sidecars(demo):
     assert desc["DatasetType"] == "derivative"
     gen = desc["GeneratedBy"][0]
     assert gen["Name"] == "qsmprep" and gen["Version"]
-    assert gen["Configuration"]["stages"]["inversion"]["method"] == "tkd"
+    assert gen["Configuration"]["stages"]["inversion"]["method"] == "medi"
     for sub in ("01", "02"):
         anat = deriv / f"sub-{sub}" / "anat"
         ref = nib.load(demo / "bids" / f"sub-{sub}" / "anat" / f"sub-{sub}_echo-1_part-mag_MEGRE.nii.gz")
@@ -64,7 +64,8 @@ def test_outputs_and_sidecars(demo):
             assert meta["MagneticFieldStrength"] == 3.0 and len(meta["EchoTime"]) == 4
         chi_meta = json.loads((anat / f"sub-{sub}_Chimap.json").read_text())
         assert chi_meta["ReferenceRegion"] == "whole-brain"
-        assert chi_meta["DipoleInversion"] == "tkd" and chi_meta["BackgroundRemoval"] == "vsharp"
+        assert chi_meta["DipoleInversion"] == "medi" and chi_meta["BackgroundRemoval"] == "pdf"
+        assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
         assert chi_meta["UnwrappingMethod"] == "laplacian" and chi_meta["EchoCombination"] == "linear"
         assert chi_meta["SkullStripped"] is True
         r2s = np.asarray(nib.load(anat / f"sub-{sub}_R2starmap.nii.gz").dataobj)
@@ -83,8 +84,9 @@ def test_chi_matches_truth(demo):
         chi_true = np.asarray(nib.load(truth / f"sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
         labels = np.asarray(nib.load(truth / f"sub-{sub}_dseg.nii.gz").dataobj).astype(int)
         res = compare_roi_means(chi, chi_true, labels, chi != 0, DEEP_GREY_LABELS)
-        print(f"\nsub-{sub} (tkd, small demo)\n" + format_comparison(res, names))
-        assert res["r"] > 0.9, format_comparison(res, names)
+        print(f"\nsub-{sub} (PDF + MEDI, small demo)\n" + format_comparison(res, names))
+        assert res["r"] > 0.95, format_comparison(res, names)
+        assert 0.85 <= res["slope"] <= 1.10, format_comparison(res, names)
         assert np.isfinite(res["measured"]).all()
 
 

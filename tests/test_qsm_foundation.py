@@ -345,9 +345,9 @@ def test_method_defaults_follow_the_method():
     from qsmprep.config import mock_config
 
     cfg = mock_config(inversion="tikhonov")
-    assert cfg.workflow.stages["inversion"].params == {"lambda_": 0.005}
+    assert cfg.workflow.stages["inversion"].params == {"lambda_": 0.005, "lambda_rule": "fixed"}
     cfg = mock_config(inversion={"method": "tikhonov", "params": {"lambda_": 0.02}}, r2star="arlo")
-    assert cfg.workflow.stages["inversion"].params == {"lambda_": 0.02}
+    assert cfg.workflow.stages["inversion"].params == {"lambda_": 0.02, "lambda_rule": "fixed"}
     assert cfg.workflow.stages["r2star"].method == "arlo"
 
 

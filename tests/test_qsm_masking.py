@@ -266,6 +266,22 @@ def test_refined_mask_has_no_skull_on_demo_small(method, small_phantom, small_gr
     assert info["method"] == method and info["refine"] and info["noise_threshold"] > 0
 
 
+def test_default_laplacian_pipeline_quality_leaves_no_skull(small_phantom, small_gre):
+    """The quality map the default (Laplacian) unwrapping hands to the mask refinement is
+    ROMEO's voxel quality, so the default pipeline's tight mask has no skull/air voxel."""
+    from qsmprep.qsm.unwrap import unwrap_echoes
+
+    sig = small_gre[0]
+    _, quality = unwrap_echoes(np.angle(sig), method="laplacian", voxel_size=small_phantom.voxel_size,
+                               mag=np.abs(sig), tes=small_phantom.tes)
+    np.testing.assert_allclose(quality, romeo_quality(small_phantom, sig), atol=1e-6)
+    noise = field_noise(small_phantom, sig)
+    tight, filled, _ = brain_mask(rss(sig), small_phantom.voxel_size, refine=True, quality=quality, noise=noise)
+    bad = skull_or_air(small_phantom)
+    assert (filled & bad).sum() > 0 and not (tight & bad).any()
+    assert dice(tight, small_phantom.brain_mask) >= 0.94
+
+
 def test_brain_mask_info_and_validation(small_phantom, small_gre):
     mag = rss(small_gre[0])
     vs = small_phantom.voxel_size

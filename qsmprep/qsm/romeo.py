@@ -131,6 +131,46 @@ def edge_quality(phase, mag=None, phase2=None, te_ratio=None):
     return q
 
 
+def _voxel_quality(q):
+    """Mean quality of each voxel's edges (``q`` from :func:`edge_quality`)."""
+    shape = q.shape[1:]
+    vq = np.zeros(shape, dtype=np.float32)
+    cnt = np.zeros(shape, dtype=np.float32)
+    for a in range(3):
+        sl_lo = [slice(None)] * 3
+        sl_hi = [slice(None)] * 3
+        sl_lo[a] = slice(0, -1)
+        sl_hi[a] = slice(1, None)
+        edge = q[a][tuple(sl_lo)]
+        vq[tuple(sl_lo)] += edge
+        vq[tuple(sl_hi)] += edge
+        cnt[tuple(sl_lo)] += 1
+        cnt[tuple(sl_hi)] += 1
+    return np.where(cnt > 0, vq / np.maximum(cnt, 1), 0).astype(np.float32)
+
+
+def voxel_quality(phase, mag, tes=None):
+    """ROMEO's voxel quality map in [0, 1] of a multi-echo phase (x, y, z, echo).
+
+    The first echo's edge qualities (phase gradient, second-echo phase-gradient coherence
+    and magnitude coherence, Dymerska et al., MRM 2021; :func:`edge_quality`) averaged over
+    each voxel's six edges: the map :func:`unwrap_romeo` returns, available to any
+    unwrapping method for quality-guided mask refinement.
+    """
+    phase = np.asarray(phase, dtype=np.float32)
+    if phase.ndim == 3:
+        phase = phase[..., None]
+    mag = np.asarray(mag, dtype=np.float32)
+    if mag.ndim == 3:
+        mag = mag[..., None]
+    if phase.shape[-1] > 1:
+        tes = np.arange(1, phase.shape[-1] + 1, dtype=float) if tes is None else np.asarray(tes, dtype=float)
+        q = edge_quality(phase[..., 0], mag[..., 0], phase[..., 1], tes[1] / tes[0])
+    else:
+        q = edge_quality(phase[..., 0], mag[..., 0])
+    return _voxel_quality(q)
+
+
 def unwrap_romeo_volume(phase, *, mag=None, phase2=None, te_ratio=None, mask=None):
     """Spatially unwrap one 3D phase by quality-guided region growing.
 
@@ -152,19 +192,7 @@ def unwrap_romeo_volume(phase, *, mag=None, phase2=None, te_ratio=None, mask=Non
     bins[q <= 0] = N_BINS  # no edge
     weights = np.ascontiguousarray(np.moveaxis(bins, 0, -1)).reshape(-1)  # edge id = voxel * 3 + axis
     # voxel quality: mean quality of its edges; seeds in order of decreasing quality
-    vq = np.zeros(shape, dtype=np.float32)
-    cnt = np.zeros(shape, dtype=np.float32)
-    for a in range(3):
-        sl_lo = [slice(None)] * 3
-        sl_hi = [slice(None)] * 3
-        sl_lo[a] = slice(0, -1)
-        sl_hi[a] = slice(1, None)
-        edge = q[a][tuple(sl_lo)]
-        vq[tuple(sl_lo)] += edge
-        vq[tuple(sl_hi)] += edge
-        cnt[tuple(sl_lo)] += 1
-        cnt[tuple(sl_hi)] += 1
-    vq = np.where(cnt > 0, vq / np.maximum(cnt, 1), 0).astype(np.float32)
+    vq = _voxel_quality(q)
     order = np.argsort(-(vq * valid).reshape(-1), kind="stable").astype(np.int64)
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
     out, _ = _grow_compiled()(phase.reshape(-1).astype(np.float64), weights, valid.reshape(-1), strides, order)

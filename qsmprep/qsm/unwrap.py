@@ -93,6 +93,10 @@ def unwrap_echoes(phase, *, method="laplacian", voxel_size, mag=None, tes=None, 
                   **params):
     """Unwrap every echo of a 4D phase; returns (unwrapped 4D, phase-quality map).
 
+    The quality map is ROMEO's voxel quality of the first echo for every method when the
+    magnitude is given (:func:`qsmprep.qsm.romeo.voxel_quality`), else
+    :func:`phase_gradient_quality`.
+
     ``laplacian``: :func:`unwrap_laplacian_echoes`; ``romeo``: quality-guided region growing
     with temporal unwrapping (:func:`qsmprep.qsm.romeo.unwrap_romeo`, whose quality map is
     returned); ``skimage``: :func:`unwrap_skimage` per echo, each echo's global 2π multiple
@@ -102,7 +106,7 @@ def unwrap_echoes(phase, *, method="laplacian", voxel_size, mag=None, tes=None, 
     if phase.ndim == 3:
         phase = phase[..., None]
     if method == "laplacian":
-        return unwrap_laplacian_echoes(phase, voxel_size, workers=workers, **params), phase_gradient_quality(phase)
+        return unwrap_laplacian_echoes(phase, voxel_size, workers=workers, **params), _quality(phase, mag, tes)
     if method == "romeo":
         from qsmprep.qsm.romeo import unwrap_romeo
 
@@ -115,4 +119,14 @@ def unwrap_echoes(phase, *, method="laplacian", voxel_size, mag=None, tes=None, 
         for e in range(1, phase.shape[-1]):
             predicted = out[..., 0] * (tes[e] / tes[0])
             out[..., e] -= 2 * np.pi * np.round(np.median((out[..., e] - predicted)[region]) / (2 * np.pi))
-    return out, phase_gradient_quality(phase)
+    return out, _quality(phase, mag, tes)
+
+
+def _quality(phase, mag, tes):
+    """The quality map for mask refinement: ROMEO's voxel quality (phase gradient, echo
+    coherence, magnitude) where the magnitude is known, else :func:`phase_gradient_quality`."""
+    if mag is None:
+        return phase_gradient_quality(phase)
+    from qsmprep.qsm.romeo import voxel_quality
+
+    return voxel_quality(phase, mag, tes)
