@@ -17,6 +17,7 @@ pytestmark = pytest.mark.e2e
 EXPECTED = [
     ("Chimap", None, "ppm"), ("R2starmap", None, "1/s"), ("T2starmap", None, "s"),
     ("mask", "brain", None), ("magnitude", "echoaverage", "arbitrary"),
+    ("magnitude", "echoaveragebrain", "arbitrary"),
     ("fieldmap", "totalfield", "ppm"), ("fieldmap", "localfield", "ppm"),
 ]
 

@@ -15,6 +15,8 @@ OUTPUTS = (
     ("t2star", "T2starmap", None, "s", ("r2star_info",), {"SkullStripped": False}),
     ("mask_filled", "mask", "brain", None, ("mask_info",), {"Type": "Brain"}),
     ("average", "magnitude", "echoaverage", "arbitrary", (), {"SkullStripped": False}),
+    # brain-only echo average (filled mask): the image registered to the T1w
+    ("brain", "magnitude", "echoaveragebrain", "arbitrary", ("mask_info",), {"SkullStripped": True}),
     ("total_field", "fieldmap", "totalfield", "ppm", ("field_info", "unwrap_info"), {}),
     ("local_field", "fieldmap", "localfield", "ppm", ("field_info", "unwrap_info", "local_info"), {}),
 )
