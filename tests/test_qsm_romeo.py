@@ -63,10 +63,11 @@ def test_air_cavity_with_six_wraps_per_ten_voxels():
 def test_small_demo_tissue_under_one_percent_wrong(small_phantom, small_gre, echo):
     """Brain tissue of the 3 mm demo (the CSF band along the skull excluded).
 
-    Measured in the whole brain mask including that band: 0.07, 0.38, 0.97, 1.5 % for
-    echoes 1-4 — there the averaged signal's phase is not linear in TE (intravoxel
-    dephasing next to bone), so the temporal step fails; issue 3's < 1 % bar is not met
-    there yet.  In tissue: 0.0, 0.06, 0.11, 0.13 %.
+    Measured in the whole true brain mask including that band: 0.07, 0.38, 0.97, 1.5 % for
+    echoes 1-4.  There the truth itself is ambiguous: intravoxel dephasing next to bone
+    moves the noise-free signal's phase ~2 rad (median) away from the voxel-mean field's
+    phase, so "the nearest 2π multiple" is a coin toss.  In tissue: 0.0, 0.06, 0.11, 0.13 %;
+    in the pipeline's quality-refined brain mask (what background removal sees): ≤ 0.002 %.
     """
     ph, (sig, offset) = small_phantom, small_gre
     from qsmprep.demo import simulate_gre
@@ -81,3 +82,32 @@ def test_small_demo_tissue_under_one_percent_wrong(small_phantom, small_gre, ech
     assert wrong_fraction(out[..., echo], truth[..., echo], tissue) < 0.01
     assert wrong_fraction(out[..., echo], truth[..., echo], ph.brain_mask) < 0.02
     assert quality.shape == ph.chi.shape
+    from qsmprep.qsm.echoes import fit_field
+    from qsmprep.qsm.masking import brain_mask
+
+    noise = fit_field(out, np.abs(sig), ph.tes, ph.b0)["noise"]
+    tight, _, _ = brain_mask(np.sqrt((np.abs(sig) ** 2).sum(-1)), ph.voxel_size, refine=True, quality=quality,
+                             noise=noise)
+    assert tight.sum() > 0.85 * ph.brain_mask.sum()
+    assert wrong_fraction(out[..., echo], truth[..., echo], tight & ph.brain_mask) < 0.001
+
+
+@pytest.mark.parametrize("combination", ["linear", "nonlinear"])
+def test_small_demo_field_rmse_under_001_ppm(small_phantom, small_gre, combination):
+    """Issue 3's field bar: ROMEO + echo fit vs the true total field, RMSE < 0.01 ppm inside the
+    pipeline's quality-refined brain mask at SNR 100 (the field's constant, the reference
+    frequency, is arbitrary and removed).  Measured: 0.0042 (linear), 0.0041 ppm (nonlinear);
+    in the whole true brain mask, whose CSF band along the skull holds the ambiguous voxels
+    described above, 0.087 ppm."""
+    from qsmprep.qsm.echoes import fit_field
+    from qsmprep.qsm.masking import brain_mask
+
+    ph, (sig, _) = small_phantom, small_gre
+    mag = np.abs(sig)
+    out, quality = unwrap_echoes(np.angle(sig), method="romeo", voxel_size=ph.voxel_size, mag=mag, tes=ph.tes)
+    res = fit_field(out, mag, ph.tes, ph.b0, method=combination, phase_wrapped=np.angle(sig))
+    tight, _, _ = brain_mask(np.sqrt((mag**2).sum(-1)), ph.voxel_size, refine=True, quality=quality,
+                             noise=res["noise"])
+    d = (res["field"] - ph.total_field)[tight]
+    d -= np.median(d)
+    assert np.sqrt(np.mean(d**2)) < 0.01
