@@ -126,11 +126,30 @@ class ExecutionSettings:
 
 
 @dataclass
+class AnatSettings:
+    """Registration and ROI options (used when the participant has a T1w)."""
+
+    #: Coregister the GRE echo average to the T1w (when there is one).
+    coreg: bool = True
+    #: TemplateFlow template for T1w normalisation, or None (no template space, no atlas).
+    template: str | None = None
+    #: TemplateFlow atlases (``name[:desc]``) in ``template`` for ROI tables.
+    atlases: list = field(default_factory=list)
+    #: BIDS-derivatives folder with T1w-space ``*_dseg.nii.gz`` segmentations (+ ``dseg.tsv``).
+    segmentation_dir: str | None = None
+    #: Erode every label by this many voxels before ROI statistics (partial-voxel guard).
+    roi_erode: int = 0
+    #: Faster, less accurate registration.
+    sloppy: bool = False
+
+
+@dataclass
 class Config:
     """The resolved settings of one run."""
 
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
+    anat: AnatSettings = field(default_factory=AnatSettings)
 
     def to_dict(self):
         """JSON-serialisable dictionary of the whole configuration."""

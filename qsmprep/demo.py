@@ -581,10 +581,35 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         tsv = tdir / f"sub-{sub}_dseg.tsv"
         _write_lut(tsv, ph.lut)
         files["dseg_tsv"] = str(tsv)
+        # the subject's segmentation in T1w space, as a BIDS derivatives dataset (what
+        # sMRIPrep/FastSurfer would give): `--segmentation-dir truth/segmentation`
+        seg_dir = truth / "segmentation" / f"sub-{sub}" / "anat"
+        seg_dir.mkdir(parents=True, exist_ok=True)
+        seg = t1w_labels(size, sub_seed, t1w.affine, t1w.shape)
+        nib.Nifti1Image(seg.astype(np.int16), t1w.affine).to_filename(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
+        _write_lut(seg_dir / f"sub-{sub}_desc-phantom_dseg.tsv", ph.lut)
+        files["segmentation"] = str(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
         result["subjects"][sub] = files
         LOGGER.info("demo: wrote sub-%s (%s, %d echoes)", sub, size, len(ph.tes))
     _write_lut(truth / "dseg.tsv", DEMO_LABELS)
+    _write_json(truth / "segmentation" / "dataset_description.json", {
+        "Name": "qsmprep demo: phantom segmentation (T1w space)", "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative", "GeneratedBy": [{"Name": "qsmprep demo"}]})
+    result["segmentation_dir"] = str(truth / "segmentation")
     return result
+
+
+def t1w_labels(size, seed, affine, shape, motion=None):
+    """Ground-truth labels of demo subject ``seed`` rendered on a T1w grid (``affine``, ``shape``).
+
+    ``motion`` (rx, ry, rz in degrees, tx, ty, tz in mm) moves the head as in
+    :func:`render_t1w`.  This is the demo's subject "segmentation" in T1w space.
+    """
+    (rot, shift), _ = _subject_variation(seed)
+    if motion is not None:
+        m_rot = _rotation(*motion[:3])
+        rot, shift = m_rot @ rot, m_rot @ shift + np.asarray(motion[3:], dtype=float)
+    return _labels_at(*_head_coords(affine, shape, (rot, shift)))
 
 
 def _write_lut(path, lut):

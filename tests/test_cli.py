@@ -52,6 +52,61 @@ def _run_error(argv, capsys):
     return err
 
 
+def _final_error(argv, capsys):
+    """Exit 2 and the one-line error, after whatever progress was logged before it."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("qsmprep: error:")
+    return err[-1]
+
+
+def test_anatomy_options(tmp_path, capsys):
+    from qsmprep.cli.run import build_config
+
+    bids = make_tiny_bids(tmp_path / "bids")
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    opts = get_parser().parse_args([str(bids), str(tmp_path / "out"), "participant", "--template",
+                                    "MNI152NLin6Asym", "--atlas", "HOSPA:th25", "HOCPAL:th25", "--segmentation-dir",
+                                    str(seg), "--roi-erode", "1", "--sloppy"])
+    anat = build_config(opts).anat
+    assert anat.template == "MNI152NLin6Asym" and anat.atlases == ["HOSPA:th25", "HOCPAL:th25"]
+    assert anat.segmentation_dir == str(seg) and anat.roi_erode == 1 and anat.sloppy and anat.coreg
+    default = build_config(get_parser().parse_args([str(bids), str(tmp_path / "out"), "participant"])).anat
+    assert default.template is None and default.atlases == [] and default.coreg
+    out = tmp_path / "out"
+    msg = _run_error([bids, out, "participant", "--atlas", "HOSPA:th25"], capsys)
+    assert "--atlas needs --template" in msg
+    msg = _run_error([bids, out, "participant", "--no-coreg", "--segmentation-dir", seg], capsys)
+    assert "--no-coreg" in msg
+
+
+def test_missing_template_stops_before_running_with_the_prefetch_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "empty_templateflow"))
+    monkeypatch.setenv("QSMPREP_OFFLINE", "1")
+    bids = make_tiny_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    msg = _final_error([bids, out, "participant", "-w", tmp_path / "w", "--template", "MNI152NLin2009cAsym"],
+                       capsys)
+    assert "qsmprep prefetch --template MNI152NLin2009cAsym" in msg
+    assert not (tmp_path / "w" / "qsmprep_wf").exists()
+
+
+def test_missing_segmentation_names_the_folder(tmp_path, capsys):
+    bids = make_tiny_bids(tmp_path / "bids")
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    msg = _final_error([bids, tmp_path / "out", "participant", "--segmentation-dir", seg], capsys)
+    assert str(seg) in msg and "sub-01" in msg
+
+
+def test_prefetch_subcommand_dispatches(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "empty_templateflow"))
+    monkeypatch.setenv("QSMPREP_OFFLINE", "1")
+    assert main(["prefetch", "--template", "MNI152NLin2009cAsym", "--atlas", "HOSPA:th25"]) == 2
+    assert "qsmprep prefetch" in capsys.readouterr().err
+
+
 def test_output_equal_to_bids_dir(tmp_path, capsys):
     root = make_tiny_bids(tmp_path / "bids")
     err = _run_error([root, root, "participant", "-w", tmp_path / "w"], capsys)

@@ -140,3 +140,43 @@ def test_single_echo_t2starw_runs_without_r2star(demo, tmp_path):
     assert (out / "sub-01_Chimap.nii.gz").is_file() and not list(out.glob("*R2starmap*"))
     meta = json.loads((out / "sub-01_Chimap.json").read_text())
     assert meta["EchoTime"] == [0.014] and meta["EchoCombinationParameters"]["intercept"] is False
+
+
+def test_anatomy_outputs_and_roi_table_through_registration(demo):
+    """The demo's T1w-space segmentation reaches GRE space through the GRE→T1w registration:
+    the ROI table's deep-grey means (labels eroded by 1 voxel) match those from the true
+    GRE-space labels on the same χ map for the nuclei thick enough to have an eroded
+    interior at 3 mm (caudate, putamen, thalamus)."""
+    from qsmprep.analysis.roi import ROISTATS_COLUMNS, read_roistats, roi_statistics
+
+    deriv = demo / "derivatives" / "qsmprep"
+    for sub in ("01", "02"):
+        anat = deriv / f"sub-{sub}" / "anat"
+        for name in ("from-GRE_to-T1w_mode-image_xfm.mat", "from-T1w_to-GRE_mode-image_xfm.mat",
+                     "space-T1w_Chimap.nii.gz", "space-T1w_R2starmap.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                     "desc-phantom_dseg.nii.gz", "desc-phantom_roistats.tsv", "desc-phantom_roistats.json"):
+            assert (anat / f"sub-{sub}_{name}").is_file(), name
+        t1w = nib.load(demo / "bids" / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
+        assert nib.load(anat / f"sub-{sub}_space-T1w_Chimap.nii.gz").shape == t1w.shape
+        side = json.loads((anat / f"sub-{sub}_space-T1w_Chimap.json").read_text())
+        assert side["Units"] == "ppm" and side["ReferenceRegion"] == "whole-brain"
+        info = json.loads((anat / f"sub-{sub}_desc-phantom_roistats.json").read_text())
+        assert info["LabelSource"] == "segmentation" and info["ErodeVoxels"] == 1
+        assert info["Transforms"] == ["from-T1w_to-GRE_mode-image_xfm.mat"]
+        header = (anat / f"sub-{sub}_desc-phantom_roistats.tsv").read_text().splitlines()[0].split("\t")
+        assert tuple(header) == ROISTATS_COLUMNS
+        rows = {(r["label"], r["map"]): r for r in read_roistats(anat / f"sub-{sub}_desc-phantom_roistats.tsv")}
+        chi_img = nib.load(anat / f"sub-{sub}_Chimap.nii.gz")
+        chi = np.asarray(chi_img.dataobj, np.float32)
+        labels = np.asarray(nib.load(demo / "truth" / f"sub-{sub}" / f"sub-{sub}_dseg.nii.gz").dataobj).astype(int)
+        truth = {r["label"]: r for r in roi_statistics({"chi": chi}, labels, voxel_size=chi_img.header.get_zooms()[:3],
+                                                        mask=chi != 0, erode_voxels=1, include=DEEP_GREY_LABELS)}
+        for lab in (11, 12, 13, 14, 17, 18):
+            got = rows[(lab, "chi")]
+            assert got["eroded"] == 1 and got["n_voxels"] >= 3
+            # caudate is 1-2 voxels thick after erosion at 3 mm: 0.01; putamen and thalamus 0.005
+            # (the issue's 0.005 bar for all deep-grey nuclei is tested on the 1 mm demo in
+            # test_anat_workflows.py::test_full_demo_roi_means_through_registration)
+            limit = 0.01 if lab in (11, 12) else 0.005
+            assert abs(got["mean"] - truth[lab]["mean"]) < limit, (sub, lab, got["mean"], truth[lab]["mean"])
+        assert rows[(13, "r2star")]["units"] == "1/s" and rows[(13, "chi")]["roi"] == "putamen"

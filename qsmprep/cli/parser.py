@@ -76,6 +76,22 @@ def get_parser():
                         help="Nipype execution plugin (Linear only for debugging)")
     g_perf.add_argument("-w", "--work-dir", type=Path, help="work directory (reused by re-runs to skip finished steps)")
 
+    g_anat = parser.add_argument_group("Anatomy: registration and ROI tables (when a T1w exists)")
+    g_anat.add_argument("--no-coreg", dest="coreg", action="store_false",
+                        help="do not register the GRE data to the T1w (no space-T1w outputs, no ROI tables)")
+    g_anat.add_argument("--template", default="none", metavar="TEMPLATE",
+                        help="TemplateFlow template for T1w normalisation and atlases: MNI152NLin2009cAsym, "
+                             "MNI152NLin6Asym, or none (default; the run then needs no template files)")
+    g_anat.add_argument("--atlas", nargs="+", default=[], metavar="NAME[:DESC]",
+                        help="TemplateFlow atlases in --template for ROI tables, e.g. HOSPA:th25 HOCPAL:th25")
+    g_anat.add_argument("--segmentation-dir", type=_existing_dir, metavar="DIR",
+                        help="BIDS derivatives folder with T1w-space sub-<L>_*_dseg.nii.gz and dseg.tsv "
+                             "(sMRIPrep, FastSurfer, converted FreeSurfer) for ROI tables")
+    g_anat.add_argument("--roi-erode", type=int, default=0, metavar="VOXELS",
+                        help="erode each label by this many voxels before ROI statistics (default 0)")
+    g_anat.add_argument("--sloppy", action="store_true",
+                        help="faster, less accurate registration (coarser pyramid; see README)")
+
     g_cfg = parser.add_argument_group("Algorithms")
     g_cfg.add_argument("--config", type=_existing_file, metavar="PRESET",
                        help="JSON or TOML preset with workflow settings (see README)")

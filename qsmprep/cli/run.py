@@ -29,6 +29,13 @@ def _setup_logging(verbosity):
                                     "interface_level": "WARNING" if verbosity < 2 else "DEBUG",
                                     "utils_level": "WARNING" if verbosity < 2 else "DEBUG"}})
     nlogging.update_logging(ncfg)
+    # a handler left writing to a closed stream (an earlier in-process call whose stderr was
+    # replaced, e.g. under a test runner) would turn every log line into a traceback
+    for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils", ""):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+                handler.stream = sys.stderr  # (setStream would flush the closed stream)
 
 
 def _is_within(path, parent):
@@ -89,6 +96,19 @@ def build_config(opts):
     ex.b0 = opts.b0
     ex.verbosity = opts.verbosity
     ex.run_uuid = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:8]}"
+    anat = config.anat
+    anat.coreg = getattr(opts, "coreg", True)
+    anat.template = None if str(getattr(opts, "template", "none")).lower() == "none" else opts.template
+    anat.atlases = list(getattr(opts, "atlas", []) or [])
+    anat.segmentation_dir = str(Path(opts.segmentation_dir).absolute()) if getattr(opts, "segmentation_dir", None) else None
+    anat.roi_erode = int(getattr(opts, "roi_erode", 0))
+    anat.sloppy = bool(getattr(opts, "sloppy", False))
+    if anat.roi_erode < 0:
+        raise InputError(f"--roi-erode must be ≥ 0, got {anat.roi_erode}")
+    if anat.atlases and not anat.template:
+        raise InputError("--atlas needs --template (atlases live in a template space)")
+    if (anat.template or anat.atlases or anat.segmentation_dir) and not anat.coreg:
+        raise InputError("--template/--atlas/--segmentation-dir need the GRE→T1w registration; drop --no-coreg")
     if opts.config:
         config.update_workflow(load_preset(opts.config), source=str(opts.config))
     return config
@@ -184,6 +204,10 @@ def run_demo(opts):
     ex.bids_dir, ex.output_dir, ex.work_dir = str(out / "bids"), str(out / "derivatives" / "qsmprep"), str(out / "work")
     ex.nprocs, ex.verbosity = opts.nprocs, opts.verbosity
     ex.run_uuid = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:8]}"
+    # ROI tables from the phantom's T1w-space segmentation, through the GRE→T1w registration
+    # (labels eroded by one voxel: the demo's 3 mm voxels are mostly partial volume at edges)
+    config.anat.segmentation_dir = info["segmentation_dir"]
+    config.anat.roi_erode = 1
     if opts.config:
         config.update_workflow(load_preset(opts.config), source=str(opts.config))
     records = run_participant(config)
@@ -201,6 +225,9 @@ def run_demo(opts):
         labels = np.asarray(nib.load(truth_dir / f"sub-{rec.subject}_dseg.nii.gz").dataobj).astype(int)
         result = compare_roi_means(chi, chi_true, labels, mask, DEEP_GREY_LABELS)
         lines += ["", f"{rec.prefix}: {chi_path}", format_comparison(result, names)]
+        roi_table = derivative_path(ex.output_dir, rec.entities, "roistats", desc="phantom", extension=".tsv")
+        if Path(roi_table).is_file():
+            lines.append(f"ROI table (segmentation through the GRE→T1w registration): {roi_table}")
     print("\n".join(lines))  # the demo's report to the user, on stdout by design
     return 0
 
@@ -210,6 +237,10 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
+        if argv and argv[0] == "prefetch":
+            from qsmprep.templates import main_prefetch
+
+            return main_prefetch(argv[1:])
         if argv and argv[0] == "demo":
             opts = get_demo_parser().parse_args(argv[1:])
             _setup_logging(opts.verbosity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from qsmprep.workflows.gre import init_gre_wf
 from qsmprep.workflows.outputs import INFO_FIELDS, OUTPUTS, init_gre_derivatives_wf
 
 WORKFLOW_NAME = "qsmprep_wf"
+LOGGER = logging.getLogger("nipype.workflow")
 
 
 def init_qsmprep_wf(config, records):
@@ -35,7 +37,7 @@ def init_qsmprep_wf(config, records):
         sub_wf = init_single_subject_wf(
             records=recs, bids_dir=ex.bids_dir, output_dir=ex.output_dir, stages=wf_cfg.stages,
             echo_strategy=wf_cfg.echo_strategy, pad_voxels=wf_cfg.pad_voxels,
-            omp_nthreads=omp_nthreads, name=f"single_subject_{subject}_wf",
+            omp_nthreads=omp_nthreads, anat=getattr(config, "anat", None), name=f"single_subject_{subject}_wf",
         )
         if ex.run_uuid:
             # crash reports of a participant go to out/sub-<L>/log/<run_uuid>/ (node configs win
@@ -68,7 +70,7 @@ def _stage_summary(stages):
 
 
 def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strategy="combined",
-                           pad_voxels=16, omp_nthreads=1, name="single_subject_wf"):
+                           pad_voxels=16, omp_nthreads=1, anat=None, name="single_subject_wf"):
     """All acquisitions of one participant: a GRE workflow and its derivatives each.
 
     Parameters
@@ -79,8 +81,12 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         Input dataset (read only) and derivatives root.
     stages, echo_strategy, pad_voxels, omp_nthreads
         Passed to :func:`qsmprep.workflows.gre.init_gre_wf`.
+    anat : :class:`qsmprep.config.AnatSettings`, optional
+        Registration and ROI options; applied to acquisitions that have a T1w
+        (:func:`init_anat_wiring`).
     """
     workflow = pe.Workflow(name=name)
+    anat_resources = _resolve_anat(anat, records)
     for rec in records:
         affine = nib.load(rec.magnitude[0] if rec.magnitude else rec.real[0]).affine
         label = rec.prefix.replace("-", "").replace("_", "")
@@ -112,4 +118,86 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             (gre_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields + list(INFO_FIELDS)
                              if rec.n_echoes > 1 or f != "r2star_info"]),
         ])
+        if anat is not None and anat.coreg:
+            if rec.t1w:
+                init_anat_wiring(workflow, gre_wf, rec, anat=anat, resources=anat_resources, output_dir=output_dir,
+                                 sources=[_bids_uri(p, bids_dir) for p in rec.source_files],
+                                 common_meta=common_meta, omp_nthreads=omp_nthreads, label=label)
+            else:
+                LOGGER.info("%s: no T1w for this participant/session; no registration or ROI tables", rec.prefix)
     return workflow
+
+
+def _resolve_anat(anat, records):
+    """Template and atlas files (resolved now, so a missing template stops the run before it
+    starts, with the prefetch command) and each session's segmentation."""
+    out = {"template_files": None, "atlases": [], "segmentations": {}}
+    if anat is None or not anat.coreg or not any(r.t1w for r in records):
+        return out
+    from qsmprep.templates import get_atlas, get_template
+
+    if anat.template:
+        out["template_files"] = get_template(anat.template, atlases=tuple(anat.atlases))
+        out["atlases"] = [(spec, get_atlas(anat.template, spec)) for spec in anat.atlases]
+    if anat.segmentation_dir:
+        from qsmprep.workflows.roi import find_segmentation
+
+        for rec in records:
+            if rec.t1w:
+                out["segmentations"][(rec.subject, rec.session)] = find_segmentation(
+                    anat.segmentation_dir, rec.subject, rec.session)
+    return out
+
+
+def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sources, common_meta, omp_nthreads,
+                     label):
+    """Connect GRE → T1w coregistration, the optional template registration and the ROI tables.
+
+    * :func:`qsmprep.workflows.coreg.init_coreg_wf`: the echo-averaged magnitude to the
+      T1w (rigid + affine, mutual information); χ, R2* and the mask in ``space-T1w``;
+    * :func:`qsmprep.workflows.anat.init_template_wf` when ``anat.template`` is set: T1w →
+      template SyN, ``space-<template>_Chimap`` (done per acquisition);
+    * :func:`qsmprep.workflows.roi.init_roi_wf` per atlas (template space → T1w → GRE,
+      bilateral labels split at the template midline) and for the subject segmentation (T1w
+      → GRE); statistics inside the mask where χ is valid (``local_mask``).
+    """
+    from qsmprep.workflows.anat import init_template_wf
+    from qsmprep.workflows.coreg import init_coreg_wf
+    from qsmprep.workflows.roi import _entity, atlas_label, init_roi_wf
+
+    has_r2 = rec.n_echoes > 1
+    derivs = {"output_dir": output_dir, "entities": rec.entities, "sources": sources, "common_meta": common_meta}
+    coreg = init_coreg_wf(has_r2star=has_r2, sloppy=anat.sloppy, omp_nthreads=omp_nthreads,
+                          name=f"coreg_{label}_wf", **derivs)
+    coreg.inputs.inputnode.t1w = rec.t1w
+    maps = [("average", "average"), ("mask_filled", "mask"), ("chi", "chi"), ("chi_info", "chi_info")] + ([("r2star", "r2star")] if has_r2 else [])
+    workflow.connect([(gre_wf, coreg, [(f"outputnode.{a}", f"inputnode.{b}") for a, b in maps])])
+
+    tpl_wf = None
+    if anat.template:
+        tpl_wf = init_template_wf(template=anat.template, template_files=resources["template_files"],
+                                  sloppy=anat.sloppy, omp_nthreads=omp_nthreads, name=f"template_{label}_wf", **derivs)
+        workflow.connect([
+            (coreg, tpl_wf, [("outputnode.t1w_brain", "inputnode.t1w_brain"),
+                             ("outputnode.t1w_mask", "inputnode.t1w_mask"),
+                             ("outputnode.xfm_gre2t1w", "inputnode.xfm_gre2t1w")]),
+            (gre_wf, tpl_wf, [("outputnode.chi", "inputnode.chi"), ("outputnode.chi_info", "inputnode.chi_info")]),
+        ])
+
+    roi_sources = [(spec, "atlas", files["dseg"], files["lut"]) for spec, files in resources["atlases"]]
+    seg = resources["segmentations"].get((rec.subject, rec.session))
+    if seg:
+        roi_sources.append((_entity(seg[0].split("/")[-1], "desc") or "segmentation", "segmentation", *seg))
+    for spec, source, labels, lut in roi_sources:
+        roi = init_roi_wf(atlas=spec, source=source, erode_voxels=anat.roi_erode, lateralize=source == "atlas",
+                          has_r2star=has_r2, omp_nthreads=omp_nthreads,
+                          name=f"roi_{atlas_label(spec)}_{label}_wf", **derivs)
+        roi.inputs.inputnode.labels, roi.inputs.inputnode.lut = labels, lut
+        fields = [("chi", "chi"), ("local_mask", "mask"), ("chi_info", "chi_info")]
+        fields += [("r2star", "r2star")] if has_r2 else []
+        workflow.connect([
+            (gre_wf, roi, [(f"outputnode.{a}", f"inputnode.{b}") for a, b in fields]),
+            (coreg, roi, [("outputnode.xfm_t1w2gre", "inputnode.xfm_t1w2gre")]),
+        ])
+        if source == "atlas":
+            workflow.connect([(tpl_wf, roi, [("outputnode.xfm_tpl2t1w", "inputnode.xfm_tpl2t1w")])])

@@ -133,4 +133,12 @@ def _connect_derivatives(workflow, outputnode, *, output_dir, entities, sources,
             sink.inputs.desc = "brain"
         if units:
             sink.inputs.units = units
+        if field == "chi_t1w":  # χ in T1w space keeps χ's own sidecar (ReferenceRegion, methods)
+            from nipype.interfaces.utility import Merge
+
+            inputnode = workflow.get_node("inputnode")
+            merge = pe.Node(Merge(2), name="chi_t1w_meta", run_without_submitting=True)
+            workflow.connect([(inputnode, merge, [("chi_info", "in1")]), (outputnode, merge, [("info", "in2")]),
+                              (outputnode, sink, [(field, "in_file")]), (merge, sink, [("out", "meta_extra")])])
+            continue
         workflow.connect([(outputnode, sink, [(field, "in_file"), ("info", "meta_extra")])])
