@@ -151,10 +151,13 @@ def test_input_errors_exit_2_naming_the_file(tmp_path, capsys, breakage, expecte
         assert "sub-01" in err and ".nii" in err
 
 
-def test_group_level_not_yet(tmp_path, capsys):
+def test_group_level_needs_participant_outputs(tmp_path, capsys):
     root = make_tiny_bids(tmp_path / "bids")
     err = _run_error([root, tmp_path / "out", "group"], capsys)
-    assert "group level" in err
+    assert "run the participant level first" in err and str(tmp_path / "out") in err
+    (tmp_path / "out").mkdir()
+    err = _run_error([root, tmp_path / "out", "group"], capsys)
+    assert "no *_desc-<atlas>_roistats.tsv" in err and str(tmp_path / "out") in err
 
 
 def test_bad_preset(tmp_path, capsys):

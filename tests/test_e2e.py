@@ -98,11 +98,31 @@ def test_rerun_reuses_work_and_never_writes_bids(demo, tmp_path):
     results = sorted(work.rglob("result_inversion.pklz"))
     assert len(results) == 2
     stamps = [p.stat().st_mtime_ns for p in results]
-    rc = main([str(bids), str(demo / "derivatives" / "qsmprep"), "participant", "-w", str(work),
-               "--nprocs", "2", "--participant-label", "01", "02"])
+    import logging
+    import re
+
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Collect(level=logging.INFO)
+    logging.getLogger("nipype.workflow").addHandler(handler)
+    try:
+        rc = main([str(bids), str(demo / "derivatives" / "qsmprep"), "participant", "-w", str(work),
+                   "--nprocs", "2", "--participant-label", "01", "02"])
+    finally:
+        logging.getLogger("nipype.workflow").removeHandler(handler)
     assert rc == 0
     assert [p.stat().st_mtime_ns for p in results] == stamps, "finished nodes were recomputed"
     assert tree_digest(bids) == before
+    # one plain progress line per finished step and participant, ending at total/total
+    for sub in ("01", "02"):
+        progress = [ln for ln in lines if ln.startswith(f"progress sub-{sub}: ")]
+        assert progress and all("\r" not in ln for ln in progress)
+        done, total = map(int, re.search(r"(\d+)/(\d+) steps done", progress[-1]).groups())
+        assert done == total == len(progress) and total > 10
 
 
 def test_nan_in_input_is_one_clear_line(demo, tmp_path, capsys):
@@ -180,3 +200,42 @@ def test_anatomy_outputs_and_roi_table_through_registration(demo):
             limit = 0.01 if lab in (11, 12) else 0.005
             assert abs(got["mean"] - truth[lab]["mean"]) < limit, (sub, lab, got["mean"], truth[lab]["mean"])
         assert rows[(13, "r2star")]["units"] == "1/s" and rows[(13, "chi")]["roi"] == "putamen"
+
+
+def test_reports_and_citation(demo, tmp_path):
+    """Each participant gets a self-contained HTML report with its figures, the run gets a methods
+    boilerplate naming the algorithms that ran, and the report renders in a headless browser."""
+    from test_group import screenshot_variance
+
+    deriv = demo / "derivatives" / "qsmprep"
+    for sub in ("01", "02"):
+        html = (deriv / f"sub-{sub}.html").read_text()
+        figs = sorted(p.name for p in (deriv / f"sub-{sub}" / "figures").glob("*.png"))
+        for kind in ("chimap", "magnitude", "fieldmaplocalfield", "r2starmap", "coreg"):
+            assert f"sub-{sub}_desc-{kind}_mosaic.png" in figs, (kind, figs)
+        assert html.count("data:image/png;base64,") == len(figs)
+        assert "src=\"http" not in html and "<script" not in html  # opens offline
+        assert "desc-phantom_roistats.tsv" in html and "No errors were reported" in html
+        assert '"inversion"' in html and "antspyx" in html  # configuration and versions
+    cite = (deriv / "logs" / "CITATION.md").read_text()
+    assert "projection onto dipole fields" in cite and "morphology-enabled dipole inversion" in cite
+    assert "Liu J, Liu T, de Rochefort L" in cite and "lambda = 0.0005" in cite
+    assert "TE = 4, 9, 14, 19 ms" in cite and "registered to the T1w image" in cite
+    assert "@article{liu2012medi," in (deriv / "logs" / "CITATION.bib").read_text()
+    assert screenshot_variance(deriv / "sub-01.html", tmp_path) > 1e-3
+
+
+def test_group_level_on_the_demo(demo, capsys):
+    deriv = demo / "derivatives" / "qsmprep"
+    assert main([str(demo / "bids"), str(deriv), "group"]) == 0, capsys.readouterr().err
+    import pandas as pd
+
+    wide = pd.read_csv(deriv / "group" / "roistats_wide.tsv", sep="\t")
+    assert list(wide["participant_id"]) == ["sub-01", "sub-02"]
+    assert (wide["vendor"] == "Siemens").all()  # from the raw sidecars through the χ map's Sources
+    put = wide["phantom:putamen_L:chi"].to_numpy()
+    assert np.all((put > 0.02) & (put < 0.2))
+    summary = pd.read_csv(deriv / "group" / "roi_summary.tsv", sep="\t")
+    row = summary[(summary["map"] == "chi") & (summary["roi_key"] == "putamen_L")].iloc[0]
+    assert row["n_scans"] == 2 and row["mean"] == pytest.approx(put.mean(), abs=1e-6)
+    assert (deriv / "group" / "group.html").is_file()

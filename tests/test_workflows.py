@@ -67,6 +67,14 @@ def test_qsmprep_wf_one_subworkflow_per_participant(tmp_path):
     # three participants share three processes: one thread each for FFT-heavy nodes
     inv = [n for n in wf._get_all_nodes() if n.name == "inversion"]
     assert len(inv) == 3 and all(n.n_procs == 1 for n in inv)
+    from qsmprep.cli.progress import count_steps
+
+    totals = count_steps(wf)
+    # the participant's nodes except the identity (input/output) nodes Nipype removes before
+    # running (the e2e re-run test checks that the last progress line reaches total/total)
+    all_nodes = sum(1 for n in subs if n.startswith("single_subject_01_wf."))
+    assert set(totals) == {"01", "02", "03"} and len(set(totals.values())) == 1
+    assert 10 < totals["01"] < all_nodes
 
 
 def test_csf_reference_needs_two_echoes():
@@ -74,3 +82,25 @@ def test_csf_reference_needs_two_echoes():
     init_gre_wf(echo_times=[0.004, 0.008], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))
     with pytest.raises(InputError, match="at least two echoes"):
         init_gre_wf(echo_times=[0.02], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))
+
+
+def test_progress_reporter_counts_steps_per_participant():
+    from types import SimpleNamespace
+
+    from qsmprep.cli.progress import ProgressReporter
+
+    now = [100.0]
+    lines = []
+    logger = SimpleNamespace(info=lambda fmt, *args: lines.append(fmt % args))
+    rep = ProgressReporter({"01": 3, "02": 2}, clock=lambda: now[0], logger=logger)
+    node = lambda sub, name: SimpleNamespace(_hierarchy=f"qsmprep_wf.single_subject_{sub}_wf.gre_wf", name=name)
+    rep(node("01", "a"), "start")
+    rep(node("02", "a"), "start")
+    now[0] = 165.0
+    rep(node("01", "a"), "end")
+    rep(node("01", "b"), "start")
+    rep(node("01", "b"), "exception")
+    rep(SimpleNamespace(_hierarchy="qsmprep_wf", name="other"), "end")  # not a participant's step
+    assert lines == ["progress sub-01: 1/3 steps done, 0 running, 0:01:05 elapsed",
+                     "progress sub-01: 1/3 steps done, 0 running, 1 failed, 0:01:05 elapsed"]
+    assert rep.line("02") == "progress sub-02: 0/2 steps done, 1 running, 0:01:05 elapsed"

@@ -159,13 +159,16 @@ def run_participant(config):
     workflow.base_dir = ex.work_dir
     workflow.config["execution"].update({"crashdump_dir": str(Path(ex.output_dir) / "log" / ex.run_uuid),
                                          "crashfile_format": "txt", "hash_method": "content"})
-    plugin_args = {"n_procs": ex.nprocs, "raise_insufficient": False}
+    from qsmprep.cli.progress import ProgressReporter, count_steps
+
+    progress = ProgressReporter(count_steps(workflow))
+    plugin_args = {"n_procs": ex.nprocs, "raise_insufficient": False, "status_callback": progress}
     if ex.mem_gb:
         plugin_args["memory_gb"] = ex.mem_gb
     write_dataset_description(ex.output_dir, config)
     try:
         if ex.plugin == "Linear":
-            workflow.run(plugin="Linear")
+            workflow.run(plugin="Linear", plugin_args={"status_callback": progress})
         else:
             workflow.run(plugin="MultiProc", plugin_args=plugin_args)
     except RuntimeError as exc:
@@ -178,7 +181,27 @@ def run_participant(config):
         ) from exc
     finally:
         write_dataset_description(ex.output_dir, config)
+        write_reports(config, records, subjects)
     return records
+
+
+def write_reports(config, records, subjects):
+    """Participant reports (``sub-<L>.html``) and the methods boilerplate; never raises."""
+    from qsmprep.reports.citation import write_citation
+    from qsmprep.reports.subject import write_subject_report
+
+    ex = config.execution
+    try:
+        write_citation(ex.output_dir, config, records)
+    except Exception as exc:  # noqa: BLE001 - reporting must not hide the run's own outcome
+        LOGGER.warning("could not write the methods boilerplate: %s", exc)
+    for sub in subjects:
+        try:
+            path = write_subject_report(ex.output_dir, sub, [r for r in records if r.subject == sub], config,
+                                        ex.run_uuid)
+            LOGGER.info("report: %s", path)
+        except Exception as exc:  # noqa: BLE001
+            LOGGER.warning("could not write the report of sub-%s: %s", sub, exc)
 
 
 def run_demo(opts):
@@ -248,8 +271,12 @@ def main(argv=None):
         opts = get_parser().parse_args(argv)
         _setup_logging(opts.verbosity)
         if opts.analysis_level == "group":
-            raise InputError("the group level is not available in this version of qsmprep yet; "
-                             "run the participant level")
+            from qsmprep.reports.group import run_group
+
+            check_paths(opts.bids_dir, opts.output_dir, opts.work_dir or Path.cwd() / "work")
+            gdir = run_group(opts.bids_dir, opts.output_dir, opts.participant_label)
+            print(f"qsmprep group level finished; tables and report in {gdir}")
+            return 0
         config = build_config(opts)
         records = run_participant(config)
         print(f"qsmprep finished {len(records)} acquisition(s); derivatives in {config.execution.output_dir}")

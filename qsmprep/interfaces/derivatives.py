@@ -41,6 +41,11 @@ def atomic_write_bytes(path, writer):
     return path
 
 
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json(path, data):
     text = json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n"
     return atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,291 @@
+"""Group level: statistics against textbook and hand-computed values, tables, report, CLI."""
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage, odr, stats
+
+from qsmprep.analysis import group as g
+from qsmprep.analysis.roi import ROISTATS_COLUMNS
+from qsmprep.cli.run import main
+
+# Bland & Altman, Lancet 1986, Table 1: peak expiratory flow rate (l/min), first readings of the
+# Wright and the mini Wright meter in 17 subjects; paper: mean difference -2.1, SD 38.8,
+# limits of agreement (mean +- 2 SD) -79.7 to 75.5 l/min.
+WRIGHT = [494, 395, 516, 434, 476, 557, 413, 442, 650, 433, 417, 656, 267, 478, 178, 423, 427]
+MINI = [512, 430, 520, 428, 500, 600, 364, 380, 658, 445, 432, 626, 260, 477, 259, 350, 451]
+
+
+def test_bland_altman_textbook_example():
+    res = g.bland_altman(MINI, WRIGHT, k=2.0)  # differences Wright - mini, as in the paper
+    assert res["n"] == 17
+    assert round(res["mean_diff"], 1) == -2.1
+    assert round(res["sd_diff"], 1) == 38.8
+    # the paper computes the limits from the rounded mean and SD: -2.1 -+ 2 x 38.8
+    assert res["loa_lower"] == pytest.approx(-79.7, abs=0.06) and res["loa_upper"] == pytest.approx(75.5, abs=0.1)
+    default = g.bland_altman(MINI, WRIGHT)
+    assert default["loa_upper"] == pytest.approx(res["mean_diff"] + 1.96 * res["sd_diff"])
+    with_nan = g.bland_altman([*MINI, np.nan], [*WRIGHT, 300])
+    assert with_nan["n"] == 17 and with_nan["mean_diff"] == pytest.approx(res["mean_diff"])
+
+
+@pytest.mark.parametrize("delta", [1.0, 0.25, 4.0])
+def test_deming_matches_odrpack(delta):
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(-0.05, 0.25, 40)
+    x = truth + rng.normal(0, 0.01, truth.size)
+    y = 0.1 + 1.3 * truth + rng.normal(0, 0.01 * math.sqrt(delta), truth.size)
+    res = g.deming_regression(x, y, delta=delta)
+    # ODRPACK (scipy.odr): weighted orthogonal distance regression with sd_y / sd_x = sqrt(delta)
+    fit = odr.ODR(odr.RealData(x, y, sx=np.ones_like(x), sy=np.full_like(y, math.sqrt(delta))),
+                  odr.unilinear, beta0=[1.0, 0.0]).run()
+    assert res["slope"] == pytest.approx(fit.beta[0], rel=1e-5)
+    assert res["intercept"] == pytest.approx(fit.beta[1], abs=1e-6)
+
+
+def test_deming_orthogonal_is_first_principal_axis_and_exact_line():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=50)
+    y = 0.7 * x + rng.normal(scale=0.4, size=50)
+    cov = np.cov(np.vstack([x, y]))
+    w, v = np.linalg.eigh(cov)
+    axis = v[:, np.argmax(w)]
+    assert g.deming_regression(x, y)["slope"] == pytest.approx(axis[1] / axis[0], rel=1e-10)
+    line = g.deming_regression([1, 2, 3, 4], [3, 5, 7, 9], delta=2.0)
+    assert line["slope"] == pytest.approx(2.0) and line["intercept"] == pytest.approx(1.0)
+
+
+def test_pearson_and_pooled_sd():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    assert g.pearson_r(x, y) == pytest.approx(stats.pearsonr(x, y)[0])
+    a, b = [1.0, 2.0, 4.0], [10.0, 13.0]
+    expected = math.sqrt((2 * np.var(a, ddof=1) + 1 * np.var(b, ddof=1)) / 3)
+    assert g.pooled_sd([a, b, [7.0]]) == pytest.approx(expected)
+
+
+def test_ssim_equals_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.normal(size=(24, 26, 20)), 1.0) * 0.1
+    b = a + rng.normal(scale=0.02, size=a.shape)
+    mean, full = structural_similarity(a, b, data_range=0.3, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, full=True)
+    ours = g.ssim_map(a, b, data_range=0.3)
+    assert np.allclose(ours, full, atol=1e-10)
+    pad = 5  # skimage averages away from the border: (win_size - 1) // 2 with win_size 11
+    assert ours[pad:-pad, pad:-pad, pad:-pad].mean() == pytest.approx(mean, abs=1e-10)
+    assert g.ssim_map(a, a, data_range=0.3) == pytest.approx(1.0)
+
+
+def test_searchlight_matches_brute_force():
+    rng = np.random.default_rng(5)
+    shape, vox = (12, 11, 10), (1.0, 1.5, 2.0)
+    a, b = rng.normal(size=shape), rng.normal(size=shape)
+    mask = np.zeros(shape, bool)
+    mask[2:10, 1:10, 2:9] = True
+    rmse, ssim = g.searchlight_agreement(a, b, mask, vox, radius_mm=3.0, data_range=4.0)
+    ii, jj, kk = np.indices(shape)
+    c1, c2 = (0.01 * 4.0) ** 2, (0.03 * 4.0) ** 2
+    for v in [(5, 5, 5), (2, 1, 2), (9, 9, 8)]:
+        dist2 = ((ii - v[0]) * vox[0]) ** 2 + ((jj - v[1]) * vox[1]) ** 2 + ((kk - v[2]) * vox[2]) ** 2
+        sel = (dist2 <= 9.0 + 1e-9) & mask
+        x, y = a[sel], b[sel]
+        assert rmse[v] == pytest.approx(np.sqrt(np.mean((x - y) ** 2)), rel=1e-5)
+        mx, my = x.mean(), y.mean()
+        cov = np.mean((x - mx) * (y - my))
+        expect = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (x.var() + y.var() + c2))
+        assert ssim[v] == pytest.approx(expect, rel=1e-4, abs=1e-5)
+    assert np.isnan(rmse[0, 0, 0]) and np.isnan(ssim[11, 10, 9])
+
+
+# ----------------------------------------------------------------------------- synthetic cohort
+
+SITES = {"A": ("siteA", "Siemens"), "B": ("siteB", "Siemens"), "C": ("siteC", "GE")}
+# putamen-L χ means per participant (rows) and session A, B, C (columns)
+PUT_L = {"01": (0.100, 0.110, 0.090), "02": (0.120, 0.120, 0.125), "03": (0.080, 0.100, 0.070),
+         "04": (0.110, 0.130, 0.100)}
+
+
+def _roistats_rows(put_l, put_r, r2):
+    rows = []
+    for label, name, hemi, roi, chi in ((1, "Left-Putamen", "L", "putamen", put_l),
+                                        (2, "Right-Putamen", "R", "putamen", put_r),
+                                        (3, "Brainstem", "n/a", "n/a", math.nan)):
+        for mapname, units, mean in (("chi", "ppm", chi), ("r2star", "1/s", r2 + label)):
+            n = 0 if math.isnan(mean) else 100
+            rows.append({"label": label, "name": name, "hemisphere": hemi, "roi": roi, "map": mapname,
+                         "units": units, "n_voxels": n, "n_excluded": 3, "eroded": 1, "volume_mm3": n * 1.0,
+                         "mean": mean, "median": mean, "std": 0.01, "iqr": 0.01, "p5": mean, "p95": mean,
+                         "mass": mean * n})
+    return rows
+
+
+def _write_tsv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROISTATS_COLUMNS, delimiter="\t")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("n/a" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+
+@pytest.fixture()
+def cohort(tmp_path):
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t31\tF\nsub-02\t45\tM\n"
+                                           "sub-03\t28\tF\nsub-04\t52\tM\nsub-05\t60\tF\n")
+    rng = np.random.default_rng(0)
+    base = ndimage.gaussian_filter(rng.normal(size=(16, 16, 12)), 1.5) * 0.3
+    mask = np.zeros(base.shape, bool)
+    mask[3:13, 3:13, 2:10] = True
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for sub, values in {**PUT_L, "05": (0.095, None, None)}.items():
+        sess_rows = ["session_id\tsite"]
+        for i, ses in enumerate("ABC"):
+            if values[i] is None:
+                continue
+            site, vendor = SITES[ses]
+            sess_rows.append(f"ses-{ses}\t{site}")
+            prefix = f"sub-{sub}_ses-{ses}"
+            anat = out / f"sub-{sub}" / f"ses-{ses}" / "anat"
+            _write_tsv(anat / f"{prefix}_desc-aseg_roistats.tsv",
+                       _roistats_rows(values[i], values[i] - 0.01, 20.0 + i))
+            raw = f"sub-{sub}/ses-{ses}/anat/{prefix}_echo-1_part-mag_MEGRE.nii.gz"
+            (anat / f"{prefix}_Chimap.json").write_text(json.dumps({"Sources": [f"bids:raw:{raw}"]}))
+            (bids / raw).parent.mkdir(parents=True, exist_ok=True)
+            (bids / raw.replace(".nii.gz", ".json")).write_text(json.dumps({"Manufacturer": vendor, "EchoTime": 0.004}))
+            if sub == "01":  # coregistered χ maps on one T1w grid
+                chi = np.where(mask, base + (0.02 * i) * rng.normal(size=base.shape), 0).astype(np.float32)
+                nib.Nifti1Image(chi, affine).to_filename(anat / f"{prefix}_space-T1w_Chimap.nii.gz")
+                nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(
+                    anat / f"{prefix}_space-T1w_desc-brain_mask.nii.gz")
+        (bids / f"sub-{sub}").mkdir(exist_ok=True)
+        (bids / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("\n".join(sess_rows) + "\n")
+    return bids, out
+
+
+def test_long_and_wide_tables_carry_metadata(cohort):
+    bids, out = cohort
+    long = g.load_long_table(out, bids)
+    assert len(long) == 13 * 6  # 13 scans x 3 labels x 2 maps
+    row = long[(long["scan"] == "sub-03_ses-C") & (long["label"] == 1) & (long["map"] == "chi")].iloc[0]
+    assert (row["site"], row["vendor"], row["age"], row["sex"], row["session"]) == ("siteC", "GE", 28, "F", "C")
+    assert row["mean"] == pytest.approx(0.070)
+    wide = g.wide_table(long)
+    assert len(wide) == 13 and wide["scan"].is_unique
+    assert wide.set_index("scan").loc["sub-02_ses-B", "aseg:putamen_L:chi"] == pytest.approx(0.120)
+    assert "aseg:Brainstem:chi" not in wide  # no measured voxels: no column
+    assert wide.set_index("scan").loc["sub-02_ses-B", "aseg:Brainstem:r2star"] == pytest.approx(24.0)
+
+
+def test_between_subject_sd_by_hand(cohort):
+    bids, out = cohort
+    bsd = g.between_subject_sd(g.load_long_table(out, bids))
+    sel = bsd[(bsd["map"] == "chi") & (bsd["roi_key"] == "putamen_L")].set_index(["level", "group"])
+    site_a = [v[0] for v in PUT_L.values()] + [0.095]
+    site_b = [v[1] for v in PUT_L.values()]
+    site_c = [v[2] for v in PUT_L.values()]
+    assert sel.loc[("within site", "siteA"), "sd"] == pytest.approx(np.std(site_a, ddof=1))
+    assert sel.loc[("within site", "siteA"), "n_participants"] == 5
+    assert sel.loc[("within site", "siteC"), "sd"] == pytest.approx(np.std(site_c, ddof=1))
+    pooled = math.sqrt((4 * np.var(site_a, ddof=1) + 3 * np.var(site_b, ddof=1) + 3 * np.var(site_c, ddof=1)) / 10)
+    assert sel.loc[("within site", "pooled"), "sd"] == pytest.approx(pooled)
+    siemens = site_a + site_b
+    assert sel.loc[("within vendor", "Siemens"), "sd"] == pytest.approx(np.std(siemens, ddof=1))
+    assert sel.loc[("within vendor", "GE"), "sd"] == pytest.approx(np.std(site_c, ddof=1))
+    pooled_v = math.sqrt((8 * np.var(siemens, ddof=1) + 3 * np.var(site_c, ddof=1)) / 11)
+    assert sel.loc[("within vendor", "pooled"), "sd"] == pytest.approx(pooled_v)
+    assert sel.loc[("across vendors", "all"), "sd"] == pytest.approx(np.std(siemens + site_c, ddof=1))
+    summary = g.roi_summary(g.load_long_table(out, bids)).set_index(["map", "roi_key"])
+    assert summary.loc[("chi", "putamen_L"), "n_scans"] == 13
+    assert summary.loc[("chi", "putamen_L"), "mean"] == pytest.approx(np.mean(siemens + site_c))
+
+
+def test_paired_reproducibility_by_hand(cohort):
+    bids, out = cohort
+    repro, points = g.paired_reproducibility(g.load_long_table(out, bids))
+    assert set(zip(repro["first"], repro["second"])) == {
+        ("ses-A@siteA", "ses-B@siteB"), ("ses-A@siteA", "ses-C@siteC"), ("ses-B@siteB", "ses-C@siteC")}
+    row = repro[(repro["first"] == "ses-A@siteA") & (repro["second"] == "ses-C@siteC") & (repro["map"] == "chi")
+                & (repro["roi_key"] == "putamen_L")].iloc[0]
+    a = np.array([v[0] for v in PUT_L.values()])
+    c = np.array([v[2] for v in PUT_L.values()])
+    d = c - a
+    assert row["n_pairs"] == 4  # sub-05 has one scan only
+    assert row["ba_mean_diff"] == pytest.approx(d.mean())
+    assert row["ba_loa_upper"] == pytest.approx(d.mean() + 1.96 * d.std(ddof=1))
+    assert row["pearson_r"] == pytest.approx(np.corrcoef(a, c)[0, 1])
+    pooled = repro[(repro["first"] == "ses-A@siteA") & (repro["second"] == "ses-C@siteC") & (repro["map"] == "chi")
+                   & (repro["roi_key"] == "all")].iloc[0]
+    assert pooled["n_pairs"] == 8  # both putamina; the unmeasured brainstem is left out
+    all_a = np.r_[a, a - 0.01]
+    all_c = np.r_[c, c - 0.01]
+    assert pooled["deming_slope"] == pytest.approx(g.deming_regression(all_a, all_c)["slope"])
+    assert len(points) == 3 * 4 * (2 + 3)  # pair kinds x participants x (2 chi + 3 r2star ROIs)
+
+
+def test_group_level_writes_tables_maps_and_report(cohort, capsys):
+    bids, out = cohort
+    rc = main([str(bids), str(out), "group"])
+    assert rc == 0, capsys.readouterr().err
+    gdir = out / "group"
+    for name in ("roistats_long", "roistats_wide", "roi_summary", "between_subject_sd", "reproducibility",
+                 "reproducibility_points", "voxelwise_agreement"):
+        assert (gdir / f"{name}.tsv").is_file(), name
+    voxel = pd.read_csv(gdir / "voxelwise_agreement.tsv", sep="\t")
+    ok = voxel[voxel["status"] == "ok"]
+    assert set(ok["participant_id"]) == {"sub-01"} and len(ok) == 3
+    assert (ok["space"] == "T1w").all()
+    # ses-A vs ses-B differ by less noise than ses-A vs ses-C
+    by_pair = ok.set_index(["first", "second"])
+    ab, ac = ("sub-01_ses-A", "sub-01_ses-B"), ("sub-01_ses-A", "sub-01_ses-C")
+    assert by_pair.loc[ab, "ssim"] > by_pair.loc[ac, "ssim"]
+    assert by_pair.loc[ab, "rmse"] < by_pair.loc[ac, "rmse"]
+    # session A is noise-free, B has noise of SD 0.02 ppm inside the mask
+    assert by_pair.loc[ab, "rmse"] == pytest.approx(0.02, rel=0.1)
+    maps = sorted((gdir / "voxelwise").glob("*.nii.gz"))
+    assert len(maps) == 6
+    ssim_map = np.asarray(nib.load(gdir / "voxelwise" / "sub-01_ses-A_vs_ses-B_space-T1w_desc-searchlightssim_map.nii.gz").dataobj)
+    assert 0.0 < ssim_map[8, 8, 6] <= 1.0 and ssim_map[0, 0, 0] == 0
+    others = voxel[voxel["status"] != "ok"]
+    assert len(others) == 9 and others["status"].str.contains("no space-").all()
+    html = (gdir / "group.html").read_text()
+    assert "Bland" in html and "data:image/png;base64," in html and "siteC" in html
+    pngs = sorted((gdir / "figures").glob("*.png"))
+    assert any("boxplot" in p.name for p in pngs) and sum("blandaltman" in p.name for p in pngs) == 6
+    long = pd.read_csv(gdir / "roistats_long.tsv", sep="\t")
+    assert {"participant_id", "session", "site", "vendor", "age", "sex", "label", "mean"} <= set(long.columns)
+
+
+def screenshot_variance(html_path, tmp_path):
+    """Render ``html_path`` in headless Chromium; return the screenshot's pixel variance."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser: install Debian's chromium (.ci/run does) to render the reports")
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,1600", html_path.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    return float(np.var(pixels[..., :3]))
+
+
+def test_group_report_renders_in_headless_browser(cohort, tmp_path):
+    bids, out = cohort
+    from qsmprep.reports.group import run_group
+
+    gdir = run_group(bids, out)
+    assert screenshot_variance(gdir / "group.html", tmp_path) > 1e-3
