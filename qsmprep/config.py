@@ -78,7 +78,7 @@ METHOD_DEFAULTS = {
 }
 
 ECHO_STRATEGIES = ("combined", "per-echo")
-PLUGINS = ("MultiProc", "Linear")
+PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 
 
 @dataclass
@@ -118,6 +118,8 @@ class ExecutionSettings:
     nprocs: int = 1
     mem_gb: float | None = None
     plugin: str = "MultiProc"
+    #: Options of the SLURM plugins (``--plugin-args``).
+    plugin_args: dict = field(default_factory=dict)
     skip_bids_validation: bool = False
     #: Field strength (T) to use when sidecars lack MagneticFieldStrength.
     b0: float | None = None

@@ -200,3 +200,21 @@ def test_demo_refuses_to_overwrite_without_flag(tmp_path, capsys):
     rc = main(["demo", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "--overwrite" in err and (tmp_path / "bids" / "keep.txt").is_file()
+
+
+def test_plugin_args_validated(tmp_path, capsys):
+    root = make_tiny_bids(tmp_path / "bids")
+    base = [root, tmp_path / "out", "participant", "-w", tmp_path / "w"]
+    err = _run_error([*base, "--plugin-args", '{"partition": "short"}'], capsys)
+    assert "--plugin-args is for --plugin SLURM or SLURMGraph" in err
+    err = _run_error([*base, "--plugin", "SLURM", "--plugin-args", '{"partitoin": "short"}'], capsys)
+    assert "unknown --plugin-args key(s) ['partitoin']" in err
+    err = _run_error([*base, "--plugin", "SLURM", "--plugin-args", "[1, 2"], capsys)
+    assert "--plugin-args" in err
+    from qsmprep.cli.slurm import load_plugin_args, sbatch_args
+
+    yml = tmp_path / "slurm.yml"
+    yml.write_text("partition: short\ntime: '01:00:00'\nsbatch_args: --exclusive\nmax_jobs: 20\n")
+    args = load_plugin_args(str(yml))
+    assert args["max_jobs"] == 20
+    assert sbatch_args(args) == "--exclusive --partition=short --time=01:00:00"

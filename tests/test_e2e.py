@@ -239,3 +239,20 @@ def test_group_level_on_the_demo(demo, capsys):
     row = summary[(summary["map"] == "chi") & (summary["roi_key"] == "putamen_L")].iloc[0]
     assert row["n_scans"] == 2 and row["mean"] == pytest.approx(put.mean(), abs=1e-6)
     assert (deriv / "group" / "group.html").is_file()
+
+
+def test_two_participants_ran_concurrently_with_nprocs_2(demo):
+    """The demo ran 2 participants with --nprocs 2: MultiProc had steps of both running at once."""
+    from datetime import datetime
+
+    from nipype.utils.filemanip import loadpkl
+
+    spans = {"01": [], "02": []}
+    for sub in spans:
+        for path in (demo / "work" / "qsmprep_wf" / f"single_subject_{sub}_wf").rglob("result_*.pklz"):
+            rt = loadpkl(path).runtime
+            start, end = (datetime.fromisoformat(t) for t in (rt.startTime, rt.endTime))
+            spans[sub].append((start, end))
+    assert len(spans["01"]) > 10 and len(spans["02"]) > 10
+    overlap = sum(min(e1, e2) > max(s1, s2) for s1, e1 in spans["01"] for s2, e2 in spans["02"])
+    assert overlap > 0, "no step of sub-01 ran while a step of sub-02 was running"

@@ -72,8 +72,12 @@ def get_parser():
     g_perf = parser.add_argument_group("Resources")
     g_perf.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=1, help="processes to run in parallel")
     g_perf.add_argument("--mem-gb", "--mem_gb", type=_positive_float, help="memory limit for MultiProc (GB)")
-    g_perf.add_argument("--plugin", choices=["MultiProc", "Linear"], default="MultiProc",
-                        help="Nipype execution plugin (Linear only for debugging)")
+    g_perf.add_argument("--plugin", choices=["MultiProc", "Linear", "SLURM", "SLURMGraph"], default="MultiProc",
+                        help="Nipype execution plugin: MultiProc (this machine), SLURM (one sbatch job per "
+                             "step, polled), SLURMGraph (all steps submitted with dependencies), Linear (debugging)")
+    g_perf.add_argument("--plugin-args", metavar="JSON|YAML|FILE",
+                        help="options for the SLURM plugins: partition, time, account, qos, sbatch_args, "
+                             "max_jobs, poll_sleep_duration, ... (inline JSON/YAML or a file)")
     g_perf.add_argument("-w", "--work-dir", type=Path, help="work directory (reused by re-runs to skip finished steps)")
 
     g_anat = parser.add_argument_group("Anatomy: registration and ROI tables (when a T1w exists)")

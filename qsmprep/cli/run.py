@@ -92,6 +92,11 @@ def build_config(opts):
     ex.nprocs = opts.nprocs
     ex.mem_gb = opts.mem_gb
     ex.plugin = opts.plugin
+    from qsmprep.cli.slurm import load_plugin_args
+
+    ex.plugin_args = load_plugin_args(getattr(opts, "plugin_args", None))
+    if ex.plugin_args and ex.plugin not in ("SLURM", "SLURMGraph"):
+        raise InputError(f"--plugin-args is for --plugin SLURM or SLURMGraph, not {ex.plugin}")
     ex.skip_bids_validation = opts.skip_bids_validation
     ex.b0 = opts.b0
     ex.verbosity = opts.verbosity
@@ -131,7 +136,7 @@ def run_participant(config):
     """Validate inputs, build and run the participant-level workflow."""
     from nipype import config as ncfg
 
-    from qsmprep.bids import collect_gre
+    from qsmprep.bids import collect_gre, derivative_path
     from qsmprep.workflows.base import init_qsmprep_wf
 
     ex = config.execution
@@ -169,6 +174,17 @@ def run_participant(config):
     try:
         if ex.plugin == "Linear":
             workflow.run(plugin="Linear", plugin_args={"status_callback": progress})
+        elif ex.plugin in ("SLURM", "SLURMGraph"):
+            from qsmprep.cli.slurm import slurm_plugin, wait_for_jobs
+
+            name, args = slurm_plugin(workflow, ex.plugin, ex.plugin_args or {})
+            workflow.run(plugin=name, plugin_args={**args, "status_callback": progress})
+            if ex.plugin == "SLURMGraph" and (ex.plugin_args or {}).get("wait", True):
+                LOGGER.info("SLURMGraph: all steps submitted; waiting for the jobs to leave the queue")
+                wait_for_jobs(Path(ex.work_dir) / workflow.name / "batch")
+                missing = [r.prefix for r in records if not derivative_path(ex.output_dir, r.entities, "Chimap").is_file()]
+                if missing:
+                    raise RuntimeError(f"SLURM jobs ended without the χ maps of {', '.join(missing)}")
         else:
             workflow.run(plugin="MultiProc", plugin_args=plugin_args)
     except RuntimeError as exc:
@@ -264,6 +280,10 @@ def main(argv=None):
             from qsmprep.templates import main_prefetch
 
             return main_prefetch(argv[1:])
+        if argv and argv[0] == "slurm-script":
+            from qsmprep.cli.slurm import main_slurm_script
+
+            return main_slurm_script(argv[1:])
         if argv and argv[0] == "demo":
             opts = get_demo_parser().parse_args(argv[1:])
             _setup_logging(opts.verbosity)
