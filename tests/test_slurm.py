@@ -77,6 +77,20 @@ def test_slurm_plugin_one_job_per_step(cluster, bids, tmp_path):
     assert set(mem.values()) == {expected}, mem
 
 
+def test_slurmgraph_submits_everything_then_waits(cluster, bids, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = main([str(bids), str(out), "participant", "--no-coreg", "-w", str(work), "--plugin", "SLURMGraph",
+               "--plugin-args", "sbatch_args: --comment=qsmprep-graph"])
+    assert rc == 0  # returned only after the jobs left the queue: the outputs are there
+    _check_outputs(out)
+    jobs = [j for j in cluster.jobs() if j.get("Comment") == "qsmprep-graph"]
+    assert len(jobs) > 20 and all(j["JobState"] == "COMPLETED" for j in jobs)
+    submitted = (work / "qsmprep_wf" / "batch" / "submit_jobs.sh").read_text()
+    assert submitted.count("--dependency=afterok:") >= len(jobs) - 2  # all but the two loads wait for others
+    mem = {int(re.match(r"(\d+)M", j["MinMemoryNode"]).group(1)) for j in jobs}
+    assert all(256 <= m < 2048 for m in mem), mem  # each step's own estimate, not the whole node
+
+
 def test_slurm_array_job_one_participant_per_task(cluster, bids, tmp_path, capsys):
     out, work = tmp_path / "out", tmp_path / "work"
     rc = main(["slurm-script", str(bids), str(out), "-w", str(work), "--nprocs", "1", "--mem-gb", "3",

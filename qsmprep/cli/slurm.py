@@ -89,7 +89,8 @@ def slurm_plugin(workflow, plugin, plugin_args):
     for node in workflow._get_all_nodes():  # noqa: SLF001 - Nipype has no public iterator
         node.plugin_args = {**(node.plugin_args or {}), "sbatch_args": node_sbatch_args(node)}
     args = {k: v for k, v in plugin_args.items() if k in _PLUGIN_KEYS}
-    args["sbatch_args"] = sbatch_args(plugin_args)
+    # trailing space: SLURMGraph appends each node's own sbatch_args without a separator
+    args["sbatch_args"] = (sbatch_args(plugin_args) + " ").lstrip()
     return plugin, args
 
 
