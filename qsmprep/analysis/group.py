@@ -324,7 +324,8 @@ def load_long_table(out_dir, bids_dir=None, participant_label=None):
         table = _read_tsv(path)
         meta = scan_metadata(bids_dir, out_dir, info)
         for key, value in {**info, **meta}.items():
-            table.insert(0, key, value) if key not in table else None
+            if key not in table:
+                table.insert(0, key, value)
         frames.append(table)
     if not frames:
         return pd.DataFrame()

@@ -267,6 +267,12 @@ def run_demo(opts):
         roi_table = derivative_path(ex.output_dir, rec.entities, "roistats", desc="phantom", extension=".tsv")
         if Path(roi_table).is_file():
             lines.append(f"ROI table (segmentation through the GRE→T1w registration): {roi_table}")
+    from qsmprep.reports.group import run_group
+
+    gdir = run_group(ex.bids_dir, ex.output_dir)
+    lines += ["", f"Reports: {', '.join(str(Path(ex.output_dir) / f'sub-{s}.html') for s in sorted({r.subject for r in records}))}",
+              f"Methods boilerplate: {Path(ex.output_dir) / 'logs' / 'CITATION.md'}",
+              f"Group level (qsmprep ... group): {gdir / 'group.html'}"]
     print("\n".join(lines))  # the demo's report to the user, on stdout by design
     return 0
 
