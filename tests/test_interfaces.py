@@ -135,3 +135,29 @@ def test_stage_interfaces_chain_on_small_phantom(tmp_path, small_phantom, small_
     assert _load(bg4.local_field)[0].shape == sig.shape
     inv4 = DipoleInversion(local_field=bg4.local_field, mask=bg4.mask, b0_dir=load.b0_dir).run(cwd=tmp_path).outputs
     assert _load(inv4.chi)[0].shape == sig.shape[:3] and "per-echo" in inv4.info["DipoleInversionParameters"]["EchoStrategy"]
+
+
+def test_bet_vertical_axis_comes_from_the_affine(tmp_path, small_phantom, small_gre):
+    """BET's g needs "up": with voxel axis k stored inferior→superior flipped (negative
+    k step in the affine) the interface passes −k as the vertical, and the same head gives
+    the same mask either way."""
+    from qsmprep.interfaces.masking import BrainMask
+
+    ph, (sig, _) = small_phantom, small_gre
+    mag = np.sqrt(np.mean(np.abs(sig) ** 2, axis=-1)).astype(np.float32)
+    flip = ph.affine.copy()
+    flip[:3, 2] *= -1
+    flip[:3, 3] = ph.affine[:3, 3] + ph.affine[:3, 2] * (mag.shape[2] - 1)
+    masks = []
+    for name, data, affine in (("up", mag, ph.affine), ("down", mag[..., ::-1], flip)):
+        path = tmp_path / f"{name}.nii"
+        (tmp_path / name).mkdir()
+        nib.Nifti1Image(np.ascontiguousarray(data), affine).to_filename(path)
+        out = BrainMask(magnitude=str(path), method="bet", params={"g": 0.3, "refine": False}).run(
+            cwd=tmp_path / name).outputs
+        vertical = out.info["MaskingParameters"]["vertical"]
+        assert np.allclose(vertical, [0, 0, 1] if name == "up" else [0, 0, -1], atol=1e-6)
+        m = np.asarray(nib.load(out.mask_filled).dataobj) > 0
+        masks.append(m if name == "up" else m[..., ::-1])
+    dice = 2 * (masks[0] & masks[1]).sum() / (masks[0].sum() + masks[1].sum())
+    assert dice > 0.99

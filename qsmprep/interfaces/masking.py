@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, save_like, voxel_size_of
+from qsmprep.qsm.kernels import b0_direction
 from qsmprep.qsm.masking import brain_mask
 
 
@@ -34,6 +35,10 @@ class BrainMask(SimpleInterface):
         quality = load(self.inputs.quality)[0] if isdefined(self.inputs.quality) else None
         noise = load(self.inputs.noise)[0] if isdefined(self.inputs.noise) else None
         params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
+        if self.inputs.method == "bet" and "vertical" not in params:
+            # BET's g varies the threshold from the feet to the top of the head: "up" is the
+            # world superior axis (RAS +z) expressed in voxel axes, from the affine
+            params["vertical"] = [float(v) for v in b0_direction(img.affine)]
         tight, filled, info = brain_mask(
             mag, voxel_size_of(img), method=self.inputs.method, quality=quality, noise=noise, **params
         )
