@@ -8,7 +8,7 @@ from pathlib import Path
 from qsmprep import __version__
 
 #: First words that select a sub-command instead of the BIDS App positional interface.
-SUBCOMMANDS = ("demo",)
+SUBCOMMANDS = ("demo", "prefetch", "slurm-script")
 
 
 def _positive_int(value):
@@ -51,7 +51,8 @@ def get_parser():
     parser = argparse.ArgumentParser(
         prog="qsmprep",
         description="Quantitative susceptibility mapping (QSM) and R2*/T2* from multi-echo GRE "
-        "BIDS datasets. Other commands: `qsmprep demo OUT_DIR` makes and processes a phantom dataset.",
+        "BIDS datasets. Other commands: `qsmprep demo OUT_DIR` makes and processes a phantom dataset; "
+        "`qsmprep prefetch` downloads TemplateFlow files; `qsmprep slurm-script` writes a SLURM array job.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"qsmprep {__version__}")
