@@ -1,0 +1,1 @@
+"""Package data: presets, look-up tables, methods boilerplate phrases and references."""
