@@ -5,11 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 from qsmprep.qsm.kernels import GAMMA_BAR_MHZ_PER_T
+from qsmprep.qsm.phase import wrap
 
 
 def rad_per_s_to_ppm(omega, b0):
     """Angular frequency (rad/s) to field in ppm: ω / (2π γ̄ B0), γ̄ in MHz/T."""
     return np.asarray(omega) / (2 * np.pi * GAMMA_BAR_MHZ_PER_T * float(b0))
+
+
+#: voxels per block in the voxel-wise fits: float64 temporaries of a block stay ~16 MB
+#: for 8 echoes, so a fit's memory is its inputs and outputs, not a dozen 4D copies
+BLOCK_VOXELS = 1 << 18
+
+
+def _blocks(n):
+    """Slices covering ``range(n)`` in :data:`BLOCK_VOXELS` pieces."""
+    for start in range(0, n, BLOCK_VOXELS):
+        yield slice(start, min(start + BLOCK_VOXELS, n))
+
+
+def _voxels_by_echo(x):
+    """(..., E) array as an (N, E) view (a copy only if it is not contiguous)."""
+    x = np.asarray(x)
+    return x.reshape(-1, x.shape[-1])
 
 
 def fit_field_linear(phase, mag, tes, b0, *, intercept=True):
@@ -19,32 +37,39 @@ def fit_field_linear(phase, mag, tes, b0, *, intercept=True):
     The slope is the frequency; with ``intercept`` the fitted offset is the receive phase.
     The noise map is the standard error of the slope with the noise variance estimated
     from the weighted residuals of all voxels (median over voxels, robust to outliers).
+    Computed in float64 over blocks of voxels (:data:`BLOCK_VOXELS`).
     """
     tes = np.asarray(tes, dtype=np.float64)
-    phase = np.asarray(phase, dtype=np.float64)
-    w = np.asarray(mag, dtype=np.float64) ** 2 + 1e-20
-    sw = w.sum(-1)
-    if intercept and tes.size > 1:
-        tbar = (w * tes).sum(-1) / sw
-        pbar = (w * phase).sum(-1) / sw
-        dt = tes - tbar[..., None]
-        sxx = (w * dt**2).sum(-1)
-        slope = (w * dt * (phase - pbar[..., None])).sum(-1) / sxx
-        offset = pbar - slope * tbar
-        dof = tes.size - 2
-    else:
-        sxx = (w * tes**2).sum(-1)
-        slope = (w * tes * phase).sum(-1) / sxx
-        offset = np.zeros_like(slope)
-        dof = tes.size - 1
-    resid = phase - offset[..., None] - slope[..., None] * tes
+    shape = np.shape(phase)[:-1]
+    p_all, m_all = _voxels_by_echo(phase), _voxels_by_echo(mag)
+    n = p_all.shape[0]
+    slope, offset, sxx, chi2 = (np.empty(n) for _ in range(4))
+    with_intercept = intercept and tes.size > 1
+    dof = tes.size - 2 if with_intercept else tes.size - 1
+    for sl in _blocks(n):
+        ph = p_all[sl].astype(np.float64)
+        w = m_all[sl].astype(np.float64) ** 2 + 1e-20
+        if with_intercept:
+            sw = w.sum(-1)
+            tbar = (w * tes).sum(-1) / sw
+            pbar = (w * ph).sum(-1) / sw
+            dt = tes - tbar[:, None]
+            sxx[sl] = (w * dt**2).sum(-1)
+            slope[sl] = (w * dt * (ph - pbar[:, None])).sum(-1) / sxx[sl]
+            offset[sl] = pbar - slope[sl] * tbar
+        else:
+            sxx[sl] = (w * tes**2).sum(-1)
+            slope[sl] = (w * tes * ph).sum(-1) / sxx[sl]
+            offset[sl] = 0.0
+        if dof > 0:
+            resid = ph - offset[sl, None] - slope[sl, None] * tes
+            chi2[sl] = (w * resid**2).sum(-1) / dof
     if dof > 0:
-        chi2 = (w * resid**2).sum(-1) / dof
         sigma2 = float(np.median(chi2[np.isfinite(chi2)]))
-    else:  # one echo: phase noise σ/|S| with σ from the faintest decile of the magnitude
-        sigma2 = float(np.percentile(w, 10))
+    else:  # no residual: phase noise σ/|S| with σ from the faintest decile of the magnitude
+        sigma2 = float(np.percentile(m_all.astype(np.float64) ** 2 + 1e-20, 10))
     noise = np.sqrt(sigma2 / sxx)
-    return slope, offset, noise
+    return slope.reshape(shape), offset.reshape(shape), noise.reshape(shape)
 
 
 def _gauss_newton_impl(active, phase, w, tes, a11, a12, a22, det, omega, phi0, max_iter, tol, rss):  # pragma: no cover
@@ -150,7 +175,7 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
         sd_omega = np.sqrt(sigma2 * a11 / det)
     finite = np.isfinite(sd_omega)
     sd_omega = np.where(finite, sd_omega, sd_omega[finite].max() if finite.any() else 0.0)
-    return omega.reshape(shape), np.angle(np.exp(1j * phi0)).reshape(shape), sd_omega.reshape(shape)
+    return omega.reshape(shape), wrap(phi0).reshape(shape), sd_omega.reshape(shape)
 
 
 def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=None, mask=None,
@@ -163,7 +188,7 @@ def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=N
     tes = np.asarray(tes, dtype=np.float64)
     if method not in ("linear", "nonlinear", "per-echo"):
         raise ValueError(f"unknown echo combination method {method!r}; use linear, nonlinear or per-echo")
-    phase_unwrapped = np.asarray(phase_unwrapped, dtype=np.float64)
+    phase_unwrapped = np.asarray(phase_unwrapped)
     slope, offset, noise = fit_field_linear(phase_unwrapped, mag, tes, b0, intercept=intercept)
     if method == "nonlinear":
         if tes.size < 2:
@@ -177,22 +202,29 @@ def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=N
         "offset": offset.astype(np.float32),
     }
     if method == "per-echo":
-        out["echo_fields"] = rad_per_s_to_ppm((phase_unwrapped - offset[..., None]) / tes, b0).astype(np.float32)
+        echo_fields = (phase_unwrapped - offset[..., None].astype(np.float32)) / tes.astype(np.float32)
+        out["echo_fields"] = rad_per_s_to_ppm(echo_fields, b0).astype(np.float32)
     return out
 
 
 def r2star_loglinear(mag, tes, *, r2star_max=500.0):
-    """Weighted log-linear fit ln S = ln S0 − R2*·TE, weights S² (var(ln S) ≈ σ²/S²)."""
+    """Weighted log-linear fit ln S = ln S0 − R2*·TE, weights S² (var(ln S) ≈ σ²/S²).
+
+    Computed in float64 over blocks of voxels (:data:`BLOCK_VOXELS`).
+    """
     tes = np.asarray(tes, dtype=np.float64)
-    mag = np.asarray(mag, dtype=np.float64)
-    y = np.log(np.maximum(mag, 1e-12))
-    w = mag**2 + 1e-20
-    sw = w.sum(-1)
-    tbar = (w * tes).sum(-1) / sw
-    ybar = (w * y).sum(-1) / sw
-    dt = tes - tbar[..., None]
-    slope = (w * dt * (y - ybar[..., None])).sum(-1) / (w * dt**2).sum(-1)
-    return -slope
+    m_all = _voxels_by_echo(mag)
+    out = np.empty(m_all.shape[0])
+    for sl in _blocks(out.size):
+        m = m_all[sl].astype(np.float64)
+        y = np.log(np.maximum(m, 1e-12))
+        w = m**2 + 1e-20
+        sw = w.sum(-1)
+        tbar = (w * tes).sum(-1) / sw
+        ybar = (w * y).sum(-1) / sw
+        dt = tes - tbar[:, None]
+        out[sl] = -(w * dt * (y - ybar[:, None])).sum(-1) / (w * dt**2).sum(-1)
+    return out.reshape(np.shape(mag)[:-1])
 
 
 def r2star_arlo(mag, tes):
@@ -204,7 +236,7 @@ def r2star_arlo(mag, tes):
     Simpson correction term is
     ``T2* = (Σ s² + ΔTE/3 Σ s d) / (ΔTE/3 Σ d² + Σ s d)``.
     No logarithm and no iteration: robust at low SNR and very fast.  Needs at least three
-    equally spaced echoes.
+    equally spaced echoes.  Computed in float64 over blocks of voxels.
     """
     tes = np.asarray(tes, dtype=np.float64)
     if tes.size < 3:
@@ -213,13 +245,16 @@ def r2star_arlo(mag, tes):
     if not np.allclose(dte, dte[0], rtol=1e-3):
         raise ValueError(f"ARLO needs equally spaced echoes, got echo spacings {dte.tolist()}")
     alpha = dte[0] / 3.0
-    mag = np.asarray(mag, dtype=np.float64)
-    s = alpha * (mag[..., :-2] + 4 * mag[..., 1:-1] + mag[..., 2:])
-    d = mag[..., :-2] - mag[..., 2:]
-    ss, sd, dd = (s * s).sum(-1), (s * d).sum(-1), (d * d).sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t2s = (ss + alpha * sd) / (alpha * dd + sd)
-        return 1.0 / t2s
+    m_all = _voxels_by_echo(mag)
+    out = np.empty(m_all.shape[0])
+    for sl in _blocks(out.size):
+        m = m_all[sl].astype(np.float64)
+        s = alpha * (m[:, :-2] + 4 * m[:, 1:-1] + m[:, 2:])
+        d = m[:, :-2] - m[:, 2:]
+        ss, sd, dd = (s * s).sum(-1), (s * d).sum(-1), (d * d).sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[sl] = (alpha * dd + sd) / (ss + alpha * sd)  # 1 / T2*
+    return out.reshape(np.shape(mag)[:-1])
 
 
 def r2star_map(mag, tes, *, method="loglinear", mask=None, r2star_max=500.0):
@@ -228,7 +263,7 @@ def r2star_map(mag, tes, *, method="loglinear", mask=None, r2star_max=500.0):
     Reliable: the first echo's magnitude is above 5 % of its 99th percentile (not
     background or bone) and the unclipped R2* is finite and within [0, r2star_max].
     """
-    mag = np.asarray(mag, dtype=np.float64)
+    mag = np.asarray(mag)
     if method == "loglinear":
         r2s = r2star_loglinear(mag, tes, r2star_max=r2star_max)
     elif method == "arlo":

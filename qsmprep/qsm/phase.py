@@ -12,6 +12,26 @@ PHASE_RANGES = {
 }
 
 
+def wrap(phase):
+    """Wrap a phase (radians) into [-π, π), keeping its floating dtype.
+
+    ``x − 2π·floor((x + π) / 2π)``: the same angle as ``np.angle(np.exp(1j·x))`` without
+    the complex intermediate (several times faster on large volumes).
+
+    >>> wrap(np.array([0.5, 4.0, -4.0, np.pi])).round(4).tolist()
+    [0.5, -2.2832, 2.2832, -3.1416]
+    """
+    x = np.asarray(phase)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    two_pi = x.dtype.type(2 * np.pi)
+    out = x - two_pi * np.floor((x + x.dtype.type(np.pi)) / two_pi)
+    # float rounding can land a value a hair outside the interval
+    out[out >= np.pi] -= two_pi
+    out[out < -np.pi] += two_pi
+    return out
+
+
 def _check_finite(data):
     data = np.asarray(data)
     if not np.all(np.isfinite(data)):
@@ -104,5 +124,5 @@ def remove_phase_offset(phase, mag, tes, *, method="mcpc3ds", voxel_size=None, m
     z = weight * np.exp(1j * phi0)
     zs = ndimage.gaussian_filter(z.real, sigma_mm / vs) + 1j * ndimage.gaussian_filter(z.imag, sigma_mm / vs)
     phi0 = np.angle(zs).astype(np.float32)
-    corrected = np.angle(np.exp(1j * (phase - phi0[..., None]))).astype(np.float32)
+    corrected = wrap((phase - phi0[..., None]).astype(np.float32))
     return corrected, phi0

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmprep.qsm.phase import wrap
+
 N_BINS = 256
 
 
@@ -115,12 +117,12 @@ def edge_quality(phase, mag=None, phase2=None, te_ratio=None):
         sl_lo[a] = slice(0, -1)
         sl_hi[a] = slice(1, None)
         lo, hi = tuple(sl_lo), tuple(sl_hi)
-        d1 = np.angle(np.exp(1j * (phase[hi] - phase[lo]))).astype(np.float32)
+        d1 = wrap(phase[hi] - phase[lo])
         qa = 1.0 - np.abs(d1) / np.pi
         if phase2 is not None and te_ratio is not None:
             p2 = np.asarray(phase2, dtype=np.float32)
-            d2 = np.angle(np.exp(1j * (p2[hi] - p2[lo])))
-            qa = qa * np.clip(1.0 - np.abs(np.angle(np.exp(1j * (d2 - d1 * te_ratio)))) / np.pi, 0, 1)
+            d2 = wrap(p2[hi] - p2[lo])
+            qa = qa * np.clip(1.0 - np.abs(wrap(d2 - d1 * np.float32(te_ratio))) / np.pi, 0, 1)
         if mag is not None:
             m_lo, m_hi = mag[lo], mag[hi]
             mx = np.maximum(m_lo, m_hi)
@@ -193,7 +195,9 @@ def unwrap_romeo_volume(phase, *, mag=None, phase2=None, te_ratio=None, mask=Non
     weights = np.ascontiguousarray(np.moveaxis(bins, 0, -1)).reshape(-1)  # edge id = voxel * 3 + axis
     # voxel quality: mean quality of its edges; seeds in order of decreasing quality
     vq = _voxel_quality(q)
-    order = np.argsort(-(vq * valid).reshape(-1), kind="stable").astype(np.int64)
+    # (16-bit keys: numpy's stable sort is then a radix sort, ~10x faster than on floats)
+    key = np.round((1.0 - vq * valid) * 65535).astype(np.uint16).reshape(-1)
+    order = np.argsort(key, kind="stable").astype(np.int64)
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
     out, _ = _grow_compiled()(phase.reshape(-1).astype(np.float64), weights, valid.reshape(-1), strides, order)
     return out.reshape(shape).astype(np.float32), vq
@@ -225,16 +229,23 @@ def unwrap_romeo(phase, mag, tes, *, mask=None):
         region = mag[..., 0] > 0.1 * np.percentile(mag[..., 0], 99)
     else:
         region = np.ones(phase.shape[:3], bool)
-    step = np.angle(np.exp(1j * (phase[..., 1] - phase[..., 0]))).astype(np.float32)
+    step = wrap(phase[..., 1] - phase[..., 0])
     step_u, _ = unwrap_romeo_volume(step, mag=m1, mask=mask)
     step_u -= 2 * np.pi * np.round(np.median(step_u[region]) / (2 * np.pi))
     out[..., 1] = out[..., 0] + step_u
+    # running sums Σ u_k and Σ t_k u_k over the echoes unwrapped so far
+    s0 = out[..., 0] + out[..., 1]
+    s1 = np.float32(tes[0]) * out[..., 0] + np.float32(tes[1]) * out[..., 1]
     for e in range(2, n_echoes):
-        # straight line through the echoes unwrapped so far (least squares), extrapolated
+        # straight line through the echoes unwrapped so far (least squares), extrapolated:
+        # slope = Σ (t_k − t̄) u_k / Σ (t_k − t̄)² = (Σ t_k u_k − t̄ Σ u_k) / Σ (t_k − t̄)²
         t = tes[:e]
-        tc = t - t.mean()
-        mean = out[..., :e].mean(-1)
-        slope = (out[..., :e] * tc).sum(-1) / (tc**2).sum()
-        predicted = mean + slope * (tes[e] - t.mean())
-        out[..., e] = phase[..., e] + 2 * np.pi * np.round((predicted - phase[..., e]) / (2 * np.pi))
+        tbar = t.mean()
+        slope = (s1 - np.float32(tbar) * s0) * np.float32(1.0 / ((t - tbar) ** 2).sum())
+        predicted = s0 * np.float32(1.0 / e) + slope * np.float32(tes[e] - tbar)
+        pe = phase[..., e]
+        ue = pe + np.float32(2 * np.pi) * np.round((predicted - pe) * np.float32(1 / (2 * np.pi)))
+        out[..., e] = ue
+        s0 += ue
+        s1 += np.float32(tes[e]) * ue
     return out, quality
