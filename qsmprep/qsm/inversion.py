@@ -411,8 +411,9 @@ def ilsqr(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
     and removing streaking artifacts in quantitative susceptibility mapping",
     NeuroImage 2015;108:111-122 (STI Suite).  Four steps:
 
-    1. χ_LSQR: weighted least squares ``min ‖W (M F⁻¹ D F χ − f)‖₂`` over χ supported in
-       the mask, solved by LSQR and stopped early (``tol``, ``max_iter``); it has the
+    1. χ_LSQR: weighted least squares ``min ‖W (M F⁻¹ D F χ − f)‖₂`` over χ on the whole
+       padded grid (the data weighted inside the mask ``M`` only; χ is kept in the mask
+       afterwards), solved by LSQR and stopped early (``tol``, ``max_iter``); it has the
        correct contrast but streaks from the noise amplified near the magic cone.
     2. χ_fast: a fast, streak-free QSM estimate, the k-space division with the kernel
        thresholded at ``fast_threshold`` (``sign(D)/max(|D|, t)``) and corrected as in
@@ -462,12 +463,16 @@ def ilsqr(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
     w, _ = _data_weights(grid, noise, magnitude)
     f = grid.put(field) * m
 
-    # 1. weighted LSQR, χ supported in the mask
+    # 1. weighted LSQR over the whole padded grid (Li et al. 2015, Eq. 6): the data term
+    # is weighted inside the mask only, χ is free outside it, so the residual background
+    # field that background removal leaves is absorbed by sources outside the mask instead
+    # of bending χ inside it (χ supported in the mask: NRMSE 1.45 -> 0.70 on the full
+    # demo's pipeline local field, where TKD gives 0.78); only the mask is kept
     def a_op(x):
-        return w * grid.conv(x * m)
+        return w * grid.conv(x)
 
     def at_op(r):
-        return m * grid.conv(w * r)
+        return grid.conv(w * r)
 
     chi_lsqr, it1, _ = _lsqr(a_op, at_op, w * f, grid.shape, tol=tol, max_iter=max_iter)
     chi_lsqr *= m
@@ -545,15 +550,19 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
 
     ``½‖W (Dχ − f)‖₂² + λ ‖M_G ∇χ‖₁``
 
-    over χ supported in the mask, with ``W`` the data weights from the field noise
-    (``1/σ``, normalised to mean 1; the magnitude or uniform when no noise map is given),
-    ``M_G`` the edge mask (:func:`edge_mask`: 0 at the top ``edge_fraction`` of the
+    over χ on the whole padded grid, with ``W`` the data weights from the field noise
+    (``1/σ``, normalised to mean 1; the magnitude or uniform when no noise map is given;
+    zero outside the mask), ``M_G`` the edge mask (:func:`edge_mask`: 0 at the top ``edge_fraction`` of the
     magnitude gradients) and ``∇`` forward differences (ppm/mm).  The L1 norm is
     linearised by lagged diffusivity, ``|g| ≈ g² / sqrt(g_n² + ε)`` around the current
     iterate, and each Gauss-Newton step solves
     ``(λ ∇ᵀ M_G V_n M_G ∇ + Dᵀ W² D) dχ = −∂E(χ_n)`` by conjugate gradients
     (``cg_tol``, ``cg_max_iter``); the outer loop stops at ``‖dχ‖ < tol ‖χ‖`` or after
-    ``max_iter`` steps, as in the MEDI toolbox's ``MEDI_L1``.
+    ``max_iter`` steps, as in the MEDI toolbox's ``MEDI_L1``.  χ outside the mask is free
+    (no data and, with ``M_G`` zero there, no regularisation) and discarded at the end: it
+    absorbs the residual background field that background removal leaves, which would
+    otherwise bend χ inside the mask (on the full demo's pipeline local field: NRMSE
+    0.72 -> 0.39 and deep-grey mean |error| 0.018 -> 0.002 ppm).
 
     With ``data_term="nonlinear"`` the data term is MEDI's complex exponential one,
     ``‖W (exp(i a Dχ) − exp(i a f))‖² / (2a²)`` with ``a = phase_scale`` (rad per ppm,
@@ -649,8 +658,8 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
         lam32 = np.float32(lam)
 
         def hess(x):
-            out = m * grid.conv(w2 * grid.conv(x * m))
-            out += lam32 * (_fgrad_adj(vr * _fgrad(x, vs), vs) * m)
+            out = grid.conv(w2 * grid.conv(x))
+            out += lam32 * _fgrad_adj(vr * _fgrad(x, vs), vs)
             if mcsf is not None:
                 out += np.float32(lam_csf) * csf_term(x)
             return out
@@ -660,13 +669,13 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
             resid = dchi - f
         else:
             resid = np.sin(np.float32(a) * (dchi - f)) / np.float32(a)
-        grad = m * grid.conv(w2 * resid) + lam32 * (_fgrad_adj(vr * _fgrad(chi, vs), vs) * m)
+        grad = grid.conv(w2 * resid) + lam32 * _fgrad_adj(vr * _fgrad(chi, vs), vs)
         if mcsf is not None:
             grad += np.float32(lam_csf) * csf_term(chi)
         del dchi, resid
         dx, n_cg = _cg(hess, -grad, tol=cg_tol, max_iter=cg_max_iter)
         cg_its.append(n_cg)
-        chi += dx * m
+        chi += dx
         if _norm(dx) <= tol * max(_norm(chi), 1e-30):
             break
     if mcsf is not None:
