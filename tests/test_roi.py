@@ -234,3 +234,22 @@ def test_roistats_interface(tmp_path, small_phantom):
     # labels outside the brain mask (skull, air) are reported with their voxels excluded
     skull = next(r for r in rows if r["label"] == 2 and r["map"] == "chi")
     assert skull["n_voxels"] == 0 and skull["n_excluded"] > 0
+
+
+def test_compare_roi_means_with_a_reference_region():
+    """Both maps are shifted to zero mean over the reference region (default: the mask)."""
+    from qsmprep.analysis.validation import compare_roi_means
+
+    labels = np.array([[[1, 1, 2, 2, 7, 7]]])
+    truth = np.array([[[0.1, 0.1, 0.2, 0.2, 0.0, 0.0]]])
+    chi = truth + 0.05  # a constant offset: invisible with any common reference
+    chi[0, 0, 4:] = 0.03  # ... but the reference region itself is measured wrong
+    mask = np.ones(labels.shape, bool)
+    whole = compare_roi_means(chi, truth, labels, mask, [1, 2])
+    # whole-mask means: truth 0.6/6 = 0.1, chi 0.86/6; error = 0.05 − (0.86 − 0.6)/6 = 0.02/3
+    np.testing.assert_allclose(whole["error"], [0.02 / 3, 0.02 / 3], atol=1e-12)
+    csf = compare_roi_means(chi, truth, labels, mask, [1, 2], reference=labels == 7)
+    np.testing.assert_allclose(csf["measured"], [0.12, 0.22], atol=1e-12)
+    np.testing.assert_allclose(csf["error"], [0.02, 0.02], atol=1e-12)
+    with pytest.raises(ValueError, match="reference region"):
+        compare_roi_means(chi, truth, labels, mask, [1, 2], reference=labels == 9)

@@ -14,11 +14,13 @@ def roi_means(chi, labels, mask, label_values):
     return np.array(out)
 
 
-def compare_roi_means(chi, chi_true, labels, mask, label_values):
+def compare_roi_means(chi, chi_true, labels, mask, label_values, *, reference=None):
     """Deep-grey ROI means of a measured χ against the truth, both referenced alike.
 
-    χ is relative, so both maps are shifted to zero mean over ``mask`` (the voxels where
-    the measured χ is defined: the whole-brain reference) before the ROI means are taken.
+    χ is relative, so both maps are shifted to zero mean over ``reference`` (default
+    ``mask``, the voxels where the measured χ is defined: the whole-brain reference; e.g.
+    the lateral ventricles for a CSF reference; only its voxels inside ``mask`` count)
+    before the ROI means are taken.
 
     Returns
     -------
@@ -29,8 +31,11 @@ def compare_roi_means(chi, chi_true, labels, mask, label_values):
         mask (RMS of the difference over RMS of the truth).
     """
     mask = np.asarray(mask, dtype=bool)
-    chi = np.asarray(chi, dtype=np.float64) - chi[mask].mean()
-    truth = np.asarray(chi_true, dtype=np.float64) - chi_true[mask].mean()
+    ref = mask if reference is None else np.asarray(reference, dtype=bool) & mask
+    if not ref.any():
+        raise ValueError("the reference region has no voxel inside the mask")
+    chi = np.asarray(chi, dtype=np.float64) - chi[ref].mean()
+    truth = np.asarray(chi_true, dtype=np.float64) - chi_true[ref].mean()
     measured = roi_means(chi, labels, mask, label_values)
     expected = roi_means(truth, labels, mask, label_values)
     ok = np.isfinite(measured) & np.isfinite(expected)
