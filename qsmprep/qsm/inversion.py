@@ -553,9 +553,9 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
     over χ on the whole padded grid, with ``W`` the data weights from the field noise
     (``1/σ``, normalised to mean 1; the magnitude or uniform when no noise map is given;
     zero outside the mask), ``M_G`` the edge mask (:func:`edge_mask`: 0 at the top
-    ``edge_fraction`` of the magnitude gradients) and ``∇`` forward differences (ppm/mm).  The L1 norm is
-    linearised by lagged diffusivity, ``|g| ≈ g² / sqrt(g_n² + ε)`` around the current
-    iterate, and each Gauss-Newton step solves
+    ``edge_fraction`` of the magnitude gradients) and ``∇`` forward differences (ppm/mm).
+    The L1 norm is linearised by lagged diffusivity, ``|g| ≈ g² / sqrt(g_n² + ε)`` around
+    the current iterate, and each Gauss-Newton step solves
     ``(λ ∇ᵀ M_G V_n M_G ∇ + Dᵀ W² D) dχ = −∂E(χ_n)`` by conjugate gradients
     (``cg_tol``, ``cg_max_iter``); the outer loop stops at ``‖dχ‖ < tol ‖χ‖`` or after
     ``max_iter`` steps, as in the MEDI toolbox's ``MEDI_L1``.  χ outside the mask is free
