@@ -25,7 +25,8 @@ def wrap(phase):
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
     two_pi = x.dtype.type(2 * np.pi)
-    out = np.asarray(x - two_pi * np.floor((x + x.dtype.type(np.pi)) / two_pi))  # (an array for 0-d input too)
+    # np.asarray: an array (not a NumPy scalar) for 0-d input too
+    out = np.asarray(x - two_pi * np.floor((x + x.dtype.type(np.pi)) / two_pi))
     # float rounding can land a value a hair outside the interval
     out[out >= np.pi] -= two_pi
     out[out < -np.pi] += two_pi
