@@ -65,7 +65,7 @@ def test_outputs_and_sidecars(demo):
             assert meta["MagneticFieldStrength"] == 3.0 and len(meta["EchoTime"]) == 4
         chi_meta = json.loads((anat / f"sub-{sub}_Chimap.json").read_text())
         assert chi_meta["ReferenceRegion"] == "whole-brain"
-        assert chi_meta["DipoleInversion"] == "medi" and chi_meta["BackgroundRemoval"] == "pdf"
+        assert chi_meta["DipoleInversion"] == "medi" and chi_meta["BackgroundRemoval"] == "lbv"
         assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
         assert chi_meta["UnwrappingMethod"] == "laplacian" and chi_meta["EchoCombination"] == "linear"
         assert chi_meta["SkullStripped"] is True
@@ -85,7 +85,7 @@ def test_chi_matches_truth(demo):
         chi_true = np.asarray(nib.load(truth / f"sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
         labels = np.asarray(nib.load(truth / f"sub-{sub}_dseg.nii.gz").dataobj).astype(int)
         res = compare_roi_means(chi, chi_true, labels, chi != 0, DEEP_GREY_LABELS)
-        print(f"\nsub-{sub} (PDF + MEDI, small demo)\n" + format_comparison(res, names))
+        print(f"\nsub-{sub} (LBV + MEDI, small demo)\n" + format_comparison(res, names))
         assert res["r"] > 0.95, format_comparison(res, names)
         assert 0.85 <= res["slope"] <= 1.10, format_comparison(res, names)
         assert np.isfinite(res["measured"]).all()
@@ -218,7 +218,7 @@ def test_reports_and_citation(demo, tmp_path):
         assert "desc-phantom_roistats.tsv" in html and "No errors were reported" in html
         assert '"inversion"' in html and "antspyx" in html  # configuration and versions
     cite = (deriv / "logs" / "CITATION.md").read_text()
-    assert "projection onto dipole fields" in cite and "morphology-enabled dipole inversion" in cite
+    assert "Laplacian boundary value problem" in cite and "morphology-enabled dipole inversion" in cite
     assert "Liu J, Liu T, de Rochefort L" in cite and "lambda = 0.0005" in cite
     assert "TE = 4, 9, 14, 19 ms" in cite and "registered to the T1w image" in cite
     assert "@article{liu2012medi," in (deriv / "logs" / "CITATION.bib").read_text()

@@ -67,7 +67,7 @@ def test_citation_files_written(tmp_path):
     md, bib = citation.write_citation(tmp_path, Config(), [_record()])
     assert md == tmp_path / "logs" / "CITATION.md" and md.read_text().startswith("# Methods")
     entries = citation.parse_bibtex(bib.read_text())
-    assert "liu2012medi" in entries and "liu2011pdf" in entries and "zhou2014lbv" not in entries
+    assert "liu2012medi" in entries and "zhou2014lbv" in entries and "liu2011pdf" not in entries
 
 
 def test_subject_report_shows_failures_and_missing_outputs(tmp_path):
