@@ -47,11 +47,12 @@ def _sphere(n=48, radius=8, chi=0.2):
     return field.astype(np.float32), r2 < 20**2, r2
 
 
-@pytest.mark.parametrize("method", ["ilsqr", "medi", "tv"])
-def test_iterative_methods_recover_a_sphere(method):
+@pytest.mark.parametrize("method,params", [("ilsqr", {}), ("ilsqr", {"fast_estimate": "tkd"}), ("medi", {}),
+                                           ("tv", {})])
+def test_iterative_methods_recover_a_sphere(method, params):
     field, mask, r2 = _sphere()
     mag = np.where(r2 < 8**2, 0.5, 1.0).astype(np.float32)
-    chi, info = inv.invert(field, mask, (1, 1, 1), (0, 0, 1), method=method, magnitude=mag, pad=8)
+    chi, info = inv.invert(field, mask, (1, 1, 1), (0, 0, 1), method=method, magnitude=mag, pad=8, **params)
     inside, shell = r2 < 5**2, (r2 > 11**2) & (r2 < 17**2)
     assert chi[inside].mean() - chi[shell].mean() == pytest.approx(0.2, rel=0.15)
     assert chi.dtype == np.float32 and not chi[~mask].any() and info["method"] == method
@@ -76,6 +77,8 @@ def test_fast_qsm_estimate_has_the_structure_and_the_tkd_scale():
     assert abs(_dot(resid, fast[mask] - fast[mask].mean())) < 1e-3 * _dot(fast[mask], fast[mask])
     with pytest.raises(ValueError, match="fast_percentiles"):
         inv.ilsqr(field, mask, (1, 1, 1), (0, 0, 1), fast_percentiles=(30, 1))
+    with pytest.raises(ValueError, match="fast_estimate"):
+        inv.ilsqr(field, mask, (1, 1, 1), (0, 0, 1), fast_estimate="fansi")
 
 
 def test_invert_validates_and_records_parameters():
