@@ -33,6 +33,8 @@ expected noise variance) or by the L-curve corner (Hansen 1992; as in Bilgic et 
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
@@ -1050,9 +1052,9 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         return chi, info
 
     if method == "ilsqr":
-        defaults = {"tol": 0.01, "max_iter": 100, "fast_estimate": "li2015", "fast_smv_mm": 3.0,
-                    "fast_exponent": 0.001, "fast_percentiles": [1.0, 30.0], "fast_tkd_threshold": 0.125,
-                    "cone_threshold": 0.15, "edge_fraction": 0.2, "streak_tol": 0.01, "streak_max_iter": 30}
+        # every option it ran with goes to the sidecar: its own defaults, then the caller's
+        defaults = {name: p.default for name, p in inspect.signature(ilsqr).parameters.items()
+                    if name in _METHOD_PARAMS["ilsqr"]}
         opts = {**defaults, **params}
         chi = ilsqr(field, mask, vs, b, magnitude=magnitude, noise=noise if np.ndim(noise) == 3 else None,
                     pad=pad, workers=workers, stats=stats, **opts)
