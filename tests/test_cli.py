@@ -157,7 +157,7 @@ def test_group_level_needs_participant_outputs(tmp_path, capsys):
     assert "run the participant level first" in err and str(tmp_path / "out") in err
     (tmp_path / "out").mkdir()
     err = _run_error([root, tmp_path / "out", "group"], capsys)
-    assert "no *_desc-<atlas>_roistats.tsv" in err and str(tmp_path / "out") in err
+    assert "no *_desc-qc_metrics.json or *_desc-<atlas>_roistats.tsv" in err and str(tmp_path / "out") in err
 
 
 def test_bad_preset(tmp_path, capsys):

@@ -9,6 +9,35 @@ from qsmprep import __version__
 
 #: First words that select a sub-command instead of the BIDS App positional interface.
 SUBCOMMANDS = ("demo", "prefetch", "slurm-script")
+#: ``--phase-units`` choices (the ``phase_units`` stage's methods in :mod:`qsmprep.config`).
+PHASE_UNIT_CHOICES = ("auto", "radians", "degrees", "int12", "int12-signed", "uint16", "rescale")
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` only where it tells something.
+
+    Not for flags (store_true/store_false/store_const/count: the flag's presence is the
+    setting), not for ``None``/empty defaults (nothing to show; the help says what happens),
+    and not where the help text already names its default.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,  # noqa: SLF001
+                                argparse._StoreConstAction, argparse._CountAction))  # noqa: SLF001
+                or action.default in (None, argparse.SUPPRESS, [], ())
+                or "default" in text.lower() or not action.option_strings):
+            return text
+        return super()._get_help_string(action)
+
+
+def _add_verbosity(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                       help="more log output: -v adds Nipype's own messages, -vv debug messages "
+                            "(by default only progress, warnings and errors are shown)")
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                       help="only errors")
 
 
 def _positive_int(value):
@@ -53,7 +82,7 @@ def get_parser():
         description="Quantitative susceptibility mapping (QSM) and R2*/T2* from multi-echo GRE "
         "BIDS datasets. Other commands: `qsmprep demo OUT_DIR` makes and processes a phantom dataset; "
         "`qsmprep prefetch` downloads TemplateFlow files; `qsmprep slurm-script` writes a SLURM array job.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--version", action="version", version=f"qsmprep {__version__}")
     parser.add_argument("bids_dir", type=_existing_dir, help="root of the BIDS dataset (read only)")
@@ -79,7 +108,9 @@ def get_parser():
     g_perf.add_argument("--plugin-args", metavar="JSON|YAML|FILE",
                         help="options for the SLURM plugins: partition, time, account, qos, sbatch_args, "
                              "max_jobs, poll_sleep_duration, ... (inline JSON/YAML or a file)")
-    g_perf.add_argument("-w", "--work-dir", type=Path, help="work directory (reused by re-runs to skip finished steps)")
+    g_perf.add_argument("-w", "--work-dir", type=Path,
+                        help="work directory (default: ./work in the current directory; reused by "
+                             "re-runs to skip finished steps)")
 
     g_anat = parser.add_argument_group("Anatomy: registration and ROI tables (when a T1w exists)")
     g_anat.add_argument("--no-coreg", dest="coreg", action="store_false",
@@ -100,9 +131,21 @@ def get_parser():
     g_cfg = parser.add_argument_group("Algorithms")
     g_cfg.add_argument("--config", type=_existing_file, metavar="PRESET",
                        help="JSON or TOML preset with workflow settings (see README)")
+    g_cfg.add_argument("--phase-units", choices=PHASE_UNIT_CHOICES, metavar="UNITS",
+                       help="how the phase images are stored: " + ", ".join(PHASE_UNIT_CHOICES)
+                            + "; overrides the preset's phase_units (default: auto, which detects only "
+                              "unambiguous encodings and otherwise stops; see README 'Your data')")
 
-    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
-                        help="more log output (-vv for debug)")
+    g_mask = parser.add_argument_group("Masks")
+    g_mask.add_argument("--mask", type=_existing_file, metavar="FILE",
+                        help="brain mask (NIfTI in the GRE grid) to use instead of computing one; "
+                             "for one acquisition only (use --derivatives for several)")
+    g_mask.add_argument("--derivatives", type=_existing_dir, metavar="DIR",
+                        help="BIDS derivatives folder with per-acquisition masks named like ours "
+                             "(sub-<L>[_ses-<S>][_acq-<A>][_run-<R>]_desc-brain_mask.nii[.gz]); used "
+                             "instead of computed masks where found")
+
+    _add_verbosity(parser)
     return parser
 
 
@@ -112,7 +155,7 @@ def get_demo_parser():
         prog="qsmprep demo",
         description="Generate the built-in phantom BIDS dataset in OUT_DIR/bids (ground truth in "
         "OUT_DIR/truth) and process it into OUT_DIR/derivatives/qsmprep.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("out_dir", type=Path, help="folder to create the demo in")
     parser.add_argument("--size", choices=["small", "full"], default="small",
@@ -121,5 +164,5 @@ def get_demo_parser():
     parser.add_argument("--nprocs", type=_positive_int, default=2, help="processes to run in parallel")
     parser.add_argument("--config", type=_existing_file, metavar="PRESET", help="workflow preset (JSON/TOML)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo in OUT_DIR (its bids, truth, work and derivatives)")
-    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0, help="more log output")
+    _add_verbosity(parser)
     return parser

@@ -3,6 +3,8 @@
 niworkflows' stock DataSink refuses the QSM suffixes, so qsmprep has its own small
 writer.  Files are written atomically (temporary name in the same folder, then
 ``os.replace``), so an interrupted run never leaves a truncated NIfTI under its final name.
+Their mode follows the umask like any other new file (``0o666 & ~umask``, e.g. 0644 under
+umask 022), not the 0600 of the temporary file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -26,14 +29,46 @@ from qsmprep.interfaces.base import jsonable
 _DTYPES = {"mask": np.uint8, "dseg": np.int16}
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask():
+    """The process umask, read without changing it where possible.
+
+    Linux reports it in ``/proc/self/status`` (thread-safe, no side effect); elsewhere it is
+    read by setting and restoring it under a lock (``os.umask`` has no read-only form).
+    Read at each write, not cached, so a umask changed after import is followed.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode():
+    """Mode of a newly created regular file: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path, writer):
-    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
+    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically.
+
+    The result has the mode of a newly created file (``0o666 & ~umask``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 (or whatever writer left) → the umask's
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
