@@ -52,6 +52,9 @@ class GreRecord:
     shape: tuple = ()
     voxel_size: tuple = ()
     b0_source: str = "MagneticFieldStrength"
+    #: (file of the first part, volume index) per echo: volume 0 of one file per echo, or the
+    #: volumes of one 4D multi-echo file (sidecar ``EchoTime`` a list)
+    echo_volumes: list = field(default_factory=list)
 
     @property
     def entities(self):
@@ -127,10 +130,7 @@ def _layout(bids_dir, validate):
         raise InputError(f"pybids cannot index the dataset: {exc}", path=bids_dir) from exc
 
 
-def _echo_time(bidsfile, metadata):
-    te = metadata.get("EchoTime")
-    if te is None:
-        raise InputError("EchoTime is missing from the JSON sidecar", path=bidsfile)
+def _one_echo_time(te, bidsfile):
     try:
         te = float(te)
     except (TypeError, ValueError) as exc:
@@ -145,18 +145,63 @@ def _echo_time(bidsfile, metadata):
     return te
 
 
-def _check_geometry(files):
-    """All echoes/parts must share shape and affine; return (shape, voxel size)."""
+def _echo_times(bidsfile, metadata):
+    """The file's echo time(s) in seconds: a list of one, or of every echo of a 4D file."""
+    te = metadata.get("EchoTime")
+    if te is None:
+        raise InputError("EchoTime is missing from the JSON sidecar", path=bidsfile)
+    if isinstance(te, (list, tuple)):
+        if not te:
+            raise InputError("EchoTime is an empty list", path=bidsfile)
+        return [_one_echo_time(t, bidsfile) for t in te]
+    return [_one_echo_time(te, bidsfile)]
+
+
+def _echo_time(bidsfile, metadata):
+    """The echo time (s) of a one-echo file."""
+    tes = _echo_times(bidsfile, metadata)
+    if len(tes) != 1:
+        raise InputError(f"EchoTime lists {len(tes)} echo times for a one-echo file", path=bidsfile)
+    return tes[0]
+
+
+def _load_header(path):
+    """nibabel image (header only) of ``path``, or an InputError naming the file."""
+    from qsmprep.integrity import check_nifti
+
+    check_nifti(path, full=False)
+    try:
+        return nib.load(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the user's file
+        raise InputError(f"cannot read the NIfTI header: {exc}", path=path) from exc
+
+
+def _check_geometry(files, n_volumes=None):
+    """All echoes/parts must share shape and affine; return (shape, voxel size).
+
+    ``n_volumes``: path -> number of echoes the file holds (4D multi-echo files); every
+    other file must be 3D (one echo per file).
+    """
+    n_volumes = n_volumes or {}
     ref_path = files[0]
-    ref = nib.load(ref_path)
+    ref = _load_header(ref_path)
     ref_shape = ref.shape[:3]
     for path in files:
-        img = nib.load(path)
+        img = _load_header(path)
         shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:
+        want = n_volumes.get(path, 1)
+        if want > 1:
+            if len(shape) != 4 or shape[3] != want:
+                raise InputError(
+                    f"the sidecar lists {want} echo times (EchoTime), so a 4D image with {want} volumes "
+                    f"is expected, got shape {shape}", path=path)
+            shape = shape[:3]
+        elif len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
         if len(shape) != 3:
-            raise InputError(f"expected a 3D image (one echo per file), got shape {shape}", path=path)
+            raise InputError(
+                f"expected a 3D image (one echo per file), got shape {shape}; a 4D multi-echo file needs "
+                "EchoTime as a list with one value per volume in its sidecar", path=path)
         if shape != ref_shape:
             raise InputError(f"shape {shape} differs from {ref_shape} of {ref_path}", path=path)
         if not np.allclose(img.affine, ref.affine, atol=1e-4):
@@ -201,13 +246,25 @@ def _assemble(key, files_by_part, layout, b0_override):
             path=parts[use[1]][0][1].path,
         )
 
-    echo_times, b0_values = [], set()
+    echo_times, b0_values, n_volumes, echo_files = [], set(), {}, []
     for (_, fa), (_, fb) in zip(parts[use[0]], parts[use[1]]):
         meta_a, meta_b = fa.get_metadata(), fb.get_metadata()
-        te_a, te_b = _echo_time(fa.path, meta_a), _echo_time(fb.path, meta_b)
-        if not np.isclose(te_a, te_b, rtol=1e-4, atol=1e-7):
-            raise InputError(f"EchoTime {te_b} differs from {te_a} in {fa.path}", path=fb.path)
-        echo_times.append(te_a)
+        tes_a, tes_b = _echo_times(fa.path, meta_a), _echo_times(fb.path, meta_b)
+        if len(tes_a) > 1 or len(tes_b) > 1:  # 4D multi-echo files: one per part, all echoes inside
+            for f, tes in ((fa, tes_a), (fb, tes_b)):
+                if len(parts[use[0]]) > 1:
+                    raise InputError(
+                        f"EchoTime lists {len(tes)} echo times (a 4D multi-echo file) but the acquisition "
+                        f"has {len(parts[use[0]])} files per part; use one 4D file per part or one echo "
+                        "per file", path=f.path)
+        if len(tes_a) != len(tes_b) or not np.allclose(tes_a, tes_b, rtol=1e-4, atol=1e-7):
+            shown = (tes_a[0], tes_b[0]) if len(tes_a) == len(tes_b) == 1 else (tes_a, tes_b)
+            raise InputError(f"EchoTime {shown[1]} differs from {shown[0]} in {fa.path}", path=fb.path)
+        for f, tes in ((fa, tes_a), (fb, tes_b)):
+            n_volumes[f.path] = len(tes)
+        for volume, te in enumerate(tes_a):
+            echo_times.append(te)
+            echo_files.append((fa.path, volume))
         for f, meta in ((fa, meta_a), (fb, meta_b)):
             if meta.get("MagneticFieldStrength") is not None:
                 b0_values.add((float(meta["MagneticFieldStrength"]), f.path))
@@ -215,8 +272,8 @@ def _assemble(key, files_by_part, layout, b0_override):
         for j in range(i):
             if np.isclose(echo_times[i], echo_times[j], rtol=1e-6, atol=1e-9):
                 raise InputError(
-                    f"duplicate EchoTime {echo_times[i]} s (also in {parts[use[0]][j][1].path})",
-                    path=parts[use[0]][i][1].path,
+                    f"duplicate EchoTime {echo_times[i]} s (also in {echo_files[j][0]})",
+                    path=echo_files[i][0],
                 )
     if any(np.diff(echo_times) <= 0):
         raise InputError(
@@ -245,10 +302,11 @@ def _assemble(key, files_by_part, layout, b0_override):
         raise InputError(f"MagneticFieldStrength {b0} T is outside 0.05-20 T", path=parts[use[0]][0][1].path)
 
     paths = {p: [f.path for _, f in parts[p]] for p in use}
-    shape, zooms = _check_geometry(paths[use[0]] + paths[use[1]])
+    shape, zooms = _check_geometry(paths[use[0]] + paths[use[1]], n_volumes)
     record = GreRecord(
         subject=sub, session=ses, acquisition=acq, run=run, suffix=suffix,
         echo_times=echo_times, b0=b0, shape=shape, voxel_size=zooms, b0_source=b0_source,
+        echo_volumes=echo_files,
     )
     for p in use:
         setattr(record, "magnitude" if p == "mag" else p, paths[p])
@@ -288,6 +346,8 @@ def collect_gre(bids_dir, *, participant_label=None, session_label=None, validat
     """
     layout = _layout(bids_dir, validate)
     subjects = layout.get_subjects()
+    if not subjects:
+        raise InputError("the dataset has no participants (no sub-<label> folder with data)", path=bids_dir)
     wanted = strip_prefix(participant_label, "sub-") or subjects
     missing = [s for s in wanted if s not in subjects]
     if missing:
@@ -302,6 +362,7 @@ def collect_gre(bids_dir, *, participant_label=None, session_label=None, validat
         if sessions:
             query["session"] = sessions
         files = layout.get(**query)
+        files += _unindexed_gre(layout, bids_dir, sub, sessions, {f.path for f in files})
         if not files:
             raise InputError(
                 f"no GRE data found for participant {sub} (expected *_part-mag|phase_MEGRE.nii[.gz] "
@@ -327,6 +388,54 @@ def collect_gre(bids_dir, *, participant_label=None, session_label=None, validat
         for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
             records.append(_assemble(key, groups[key], layout, b0))
     return records
+
+
+class _UnindexedFile:
+    """A GRE file pybids' validator left out (e.g. a 4D ``..._part-mag_MEGRE`` without ``echo-``).
+
+    Several converters write all echoes into one 4D file with ``EchoTime`` a list; BIDS
+    wants ``echo-<n>`` on MEGRE files, so the validating index drops it and the data would
+    vanish silently.  Entities come from pybids' filename parser, metadata from the JSON
+    sidecar of the same name (no inheritance from higher levels).
+    """
+
+    def __init__(self, layout, path):
+        self.path = str(path)
+        self._entities = layout.parse_file_entities(self.path)
+        self._sidecar = Path(self.path.rsplit(".nii", 1)[0] + ".json")
+
+    def get_entities(self):
+        return dict(self._entities)
+
+    def get_metadata(self):
+        if not self._sidecar.is_file():
+            return {}
+        import json
+
+        try:
+            return json.loads(self._sidecar.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the JSON sidecar: {exc}", path=self._sidecar) from exc
+
+
+def _unindexed_gre(layout, bids_dir, subject, sessions, indexed):
+    """GRE files of ``subject`` on disk that the (validating) index does not hold."""
+    base = Path(bids_dir) / f"sub-{subject}"
+    found = []
+    for pattern in ("anat/*", "ses-*/anat/*"):
+        for path in sorted(base.glob(pattern)):
+            name = path.name
+            if not name.endswith(NIFTI_EXTENSIONS) or str(path) in indexed:
+                continue
+            if not any(name.rsplit(".nii", 1)[0].endswith(f"_{suffix}") for suffix in GRE_SUFFIXES):
+                continue
+            f = _UnindexedFile(layout, path)
+            if sessions and str(f.get_entities().get("session")) not in sessions:
+                continue
+            LOGGER.warning("%s is not indexed by the BIDS validator (e.g. a 4D multi-echo file without "
+                           "echo-<n>); reading it with its own JSON sidecar", path)
+            found.append(f)
+    return found
 
 
 def _str_or_none(value):

@@ -29,13 +29,13 @@ from qsmprep.errors import InputError
 
 #: Allowed methods per stage (only what is implemented; a choice listed here always runs).
 METHODS = {
-    "phase_units": ("auto", "int12", "int12-signed", "uint16", "radians"),
+    "phase_units": ("auto", "radians", "degrees", "int12", "int12-signed", "uint16", "rescale"),
     "phase_offset": ("none", "mcpc3ds"),
     "unwrapping": ("laplacian", "romeo", "skimage"),
     "combination": ("linear", "nonlinear", "per-echo"),
     "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
-    "masking": ("threshold", "bet"),
+    "masking": ("threshold", "bet", "none"),
     "background": ("vsharp", "pdf", "lbv"),
     "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv"),
     "reference": ("whole-brain", "csf", "roi", "none"),
@@ -77,6 +77,7 @@ METHOD_DEFAULTS = {
     ("combination", "per-echo"): {"intercept": True},
     ("masking", "threshold"): {"refine": True, "erode_mm": 0.0},
     ("masking", "bet"): {"f": 0.5, "g": 0.0, "refine": True, "erode_mm": 0.0},
+    ("masking", "none"): {"refine": False, "erode_mm": 0.0},
 }
 
 ECHO_STRATEGIES = ("combined", "per-echo")
@@ -127,6 +128,10 @@ class ExecutionSettings:
     b0: float | None = None
     verbosity: int = 0
     run_uuid: str | None = None
+    #: A brain mask (NIfTI in the GRE grid) replacing the computed one (``--mask``; one acquisition).
+    mask: str | None = None
+    #: BIDS derivatives folder with per-acquisition ``desc-brain_mask`` files (``--derivatives``).
+    derivatives: str | None = None
 
 
 @dataclass

@@ -67,14 +67,17 @@ def test_scale_phase_int12_int12signed_uint16_radians():
     rng = np.random.default_rng(1)
     phi = rng.uniform(-np.pi, np.pi, 1000)
     int12 = np.round((phi + np.pi) / (2 * np.pi) * 4096).astype(int) % 4096
-    assert detect_phase_units(int12) == "int12"
+    assert detect_phase_units(int12)[0] == "int12"
     assert np.abs(_wrap(scale_phase(int12) - phi)).max() < 2 * np.pi / 4096
-    signed = int12 - 4096 // 2 * 2  # -4096..-1
-    assert detect_phase_units(np.r_[signed, 4095]) == "int12-signed"
+    signed = np.round((phi + np.pi) / (2 * np.pi) * 8192).astype(int) % 8192 - 4096  # -4096..4095
+    assert detect_phase_units(signed)[0] == "int12-signed"
+    assert np.abs(_wrap(scale_phase(signed) - phi)).max() < 2 * np.pi / 8192
     u16 = np.round((phi + np.pi) / (2 * np.pi) * 65536).astype(int) % 65536
     assert np.abs(_wrap(scale_phase(u16, units="uint16") - phi)).max() < 1e-3
-    rad = scale_phase(phi + 2 * np.pi)  # out of range radians are rewrapped only if asked
-    assert detect_phase_units(phi) == "radians"
+    with pytest.raises(ValueError, match="not radians"):  # radians beyond ±2π are not radians
+        scale_phase(phi + 3 * np.pi, units="radians")
+    rad = scale_phase(phi + np.pi, units="radians")  # 0..2π radians are rewrapped
+    assert detect_phase_units(phi)[0] == "radians"
     assert np.abs(_wrap(scale_phase(phi, units="radians") - phi)).max() < 1e-6
     assert rad.dtype == np.float32 and rad.min() >= -np.pi and rad.max() < np.pi
     with pytest.raises(ValueError, match="NaN"):

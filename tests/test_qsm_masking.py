@@ -299,7 +299,7 @@ def test_brain_mask_info_and_validation(small_phantom, small_gre):
         brain_mask(mag, vs, refine=True)
     with pytest.raises(ValueError, match="voxel_size"):
         brain_mask(mag, (1.0, 0.0, 1.0))
-    assert set(masking.METHODS) == {"threshold", "bet"}
+    assert set(masking.METHODS) == {"threshold", "bet", "none"}
 
 
 # --- the full-size phantom -----------------------------------------------------------------

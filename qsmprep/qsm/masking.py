@@ -25,7 +25,20 @@ from scipy.spatial import cKDTree
 
 from qsmprep.qsm.kernels import sphere_mask
 
-METHODS = ("threshold", "bet")
+METHODS = ("threshold", "bet", "none")
+
+#: Coverage rule (:func:`assess_coverage`): voxels darker than ``DARK_FRACTION`` × the 99th
+#: percentile of the magnitude are background (air, noise) ...
+DARK_FRACTION = 0.1
+#: ... and an image with less than ``MIN_BACKGROUND_FRACTION`` of such voxels has no
+#: background mode in its histogram: the field of view lies inside the head.
+MIN_BACKGROUND_FRACTION = 0.05
+#: The head touches the field-of-view faces when more than this fraction of the voxels on
+#: the six faces is tissue (a whole head cut only at the neck has ~5-15 %).
+MAX_BOUNDARY_TISSUE_FRACTION = 0.5
+#: Noise-only voxels: below ``NOISE_MEDIAN_FACTOR`` × the median of the background voxels
+#: (for Rayleigh noise 3 × median = 3.5 σ: 0.2 % of noise voxels above it).
+NOISE_MEDIAN_FACTOR = 3.0
 
 
 def _check_voxel_size(voxel_size):
@@ -149,6 +162,71 @@ def threshold_mask(magnitude, voxel_size, *, threshold=None, fill_holes=True, op
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     return mask, float(threshold)
+
+
+# --- coverage and tissue (no brain extraction) ---------------------------------------------
+def _boundary_values(x):
+    faces = [x[0], x[-1], x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]]
+    return np.concatenate([f.ravel() for f in faces])
+
+
+def assess_coverage(magnitude):
+    """Does the field of view hold the whole head (with air around it) or only a slab inside it?
+
+    Two documented tests on the echo-averaged magnitude, with ``dark`` = below
+    :data:`DARK_FRACTION` × its 99th percentile:
+
+    * **no background mode**: fewer than :data:`MIN_BACKGROUND_FRACTION` of the voxels are
+      dark (a head scan with air around it has 30-70 %);
+    * **head touching the faces**: more than :data:`MAX_BOUNDARY_TISSUE_FRACTION` of the
+      voxels on the six faces of the field of view are not dark.
+
+    Either one means partial coverage: a histogram split (Otsu) would then separate two
+    kinds of tissue instead of head and air.
+
+    Returns a JSON-serialisable dictionary: ``partial_coverage`` (bool), ``reason``,
+    ``background_fraction``, ``boundary_tissue_fraction``, ``dark_level``.
+    """
+    mag = np.asarray(_check_volume(magnitude), dtype=np.float32)
+    robust_max = float(np.percentile(mag, 99))
+    if not robust_max > 0:
+        raise ValueError("the magnitude is zero (or negative) almost everywhere")
+    dark_level = DARK_FRACTION * robust_max
+    background = float(np.mean(mag < dark_level))
+    boundary = float(np.mean(_boundary_values(mag) >= dark_level))
+    reasons = []
+    if background < MIN_BACKGROUND_FRACTION:
+        reasons.append(f"only {100 * background:.1f} % of the field of view is background (dark: below "
+                       f"{DARK_FRACTION:g} × the 99th percentile; a whole-head scan has 30-70 %)")
+    if boundary > MAX_BOUNDARY_TISSUE_FRACTION:
+        reasons.append(f"tissue covers {100 * boundary:.0f} % of the field-of-view faces (more than "
+                       f"{100 * MAX_BOUNDARY_TISSUE_FRACTION:.0f} %)")
+    return {"partial_coverage": bool(reasons), "reason": "; ".join(reasons) or "air around the head",
+            "background_fraction": round(background, 4), "boundary_tissue_fraction": round(boundary, 4),
+            "dark_level": dark_level}
+
+
+def tissue_mask(magnitude, voxel_size, *, coverage=None):
+    """The imaged tissue: the whole field of view minus noise-only voxels (no brain extraction).
+
+    With a background (see :func:`assess_coverage`), noise-only voxels are those below
+    :data:`NOISE_MEDIAN_FACTOR` × the median of the dark voxels (3.5 σ for Rayleigh noise);
+    without one (partial coverage) there is no noise population to measure and the dark
+    level itself (:data:`DARK_FRACTION` × the 99th percentile) is used.  The largest
+    connected component is kept and its holes filled (vessels, dark nuclei stay in).
+
+    Returns ``(mask, threshold)``.
+    """
+    mag = np.asarray(_check_volume(magnitude), dtype=np.float32)
+    _check_voxel_size(voxel_size)
+    coverage = assess_coverage(mag) if coverage is None else coverage
+    dark = mag < coverage["dark_level"]
+    if coverage["background_fraction"] >= MIN_BACKGROUND_FRACTION and dark.any():
+        threshold = min(NOISE_MEDIAN_FACTOR * float(np.median(mag[dark])), coverage["dark_level"])
+    else:
+        threshold = coverage["dark_level"]
+    mask = largest_component(mag > threshold, "no voxel is above the noise level")
+    return ndimage.binary_fill_holes(mask), float(threshold)
 
 
 # --- BET: tessellated surface -------------------------------------------------------------
@@ -577,15 +655,23 @@ def refine_mask(mask, voxel_size, *, quality=None, noise=None, quality_threshold
 
 
 def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise=None, refine=False,
-               erode_mm=0.0, quality_threshold=2.0 / 3.0, noise_threshold=None, noise_factor=5.0, **params):
+               erode_mm=0.0, quality_threshold=2.0 / 3.0, noise_threshold=None, noise_factor=5.0,
+               user_mask=None, partial_coverage="auto", **params):
     """Brain mask for QSM: ``(tight mask, filled mask, info)``.
 
     The filled mask is the brain extraction of the echo-averaged magnitude
     (``method="threshold"``: :func:`threshold_mask`; ``"bet"``: :func:`bet_mask`, Smith,
-    Hum Brain Mapp 2002) and is meant for reporting and registration.  The tight mask,
-    for background removal and dipole inversion, is the filled mask refined by phase
-    quality (:func:`refine_mask`, when ``refine``, using ``quality`` and/or ``noise``)
-    and eroded by ``erode_mm``; it is always a subset of the filled mask.
+    Hum Brain Mapp 2002; ``"none"``: :func:`tissue_mask`, the whole field of view minus
+    noise-only voxels), or ``user_mask`` when given, and is meant for reporting and
+    registration.  The tight mask, for background removal and dipole inversion, is the
+    filled mask refined by phase quality (:func:`refine_mask`, when ``refine``, using
+    ``quality`` and/or ``noise``) and eroded by ``erode_mm``; it is always a subset of the
+    filled mask.
+
+    Partial coverage (:func:`assess_coverage`: no background in the field of view, or the
+    head cut by its faces) makes ``threshold`` and ``bet`` meaningless: with
+    ``partial_coverage="auto"`` they then fall back to :func:`tissue_mask` and say so in
+    ``info`` (``PartialCoverage``, ``fallback``); ``"ignore"`` keeps the method.
 
     Parameters
     ----------
@@ -593,7 +679,7 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
         Echo-averaged magnitude.
     voxel_size : sequence of float
         Voxel size (mm).
-    method : {"threshold", "bet"}
+    method : {"threshold", "bet", "none"}
     quality, noise : ndarray, optional
         Phase-quality map in [0, 1] and field noise map (ppm) for the refinement.
     refine : bool
@@ -602,6 +688,9 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
         Erosion (mm) of the tight mask.
     quality_threshold, noise_threshold, noise_factor :
         See :func:`refine_mask`.
+    user_mask : ndarray of bool, optional
+        A brain mask given by the user; replaces the method's (the refinement still applies).
+    partial_coverage : {"auto", "ignore"}
     **params
         Method options (threshold: ``threshold``, ``fill_holes``, ``open_mm``; bet: ``f``,
         ``g`` and the :func:`bet_surface` options).
@@ -611,17 +700,39 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
     tight, filled : ndarray of bool
     info : dict
         JSON-serialisable: the method, the parameters used (e.g. the threshold value, the
-        BET intensity parameters) and the voxel counts.
+        BET intensity parameters), the coverage assessment, any fallback taken, and the
+        voxel counts.
     """
     vs = _check_voxel_size(voxel_size)
-    if method == "threshold":
-        filled, thr = threshold_mask(magnitude, vs, **params)
-        method_info = {**params, "threshold": thr}
-    elif method == "bet":
-        filled, method_info = bet_mask(magnitude, vs, return_info=True, **params)
-        filled = ndimage.binary_fill_holes(filled)
+    if partial_coverage not in ("auto", "ignore"):
+        raise ValueError(f"partial_coverage must be 'auto' or 'ignore', got {partial_coverage!r}")
+    coverage = assess_coverage(magnitude)
+    used = method
+    fallback = None
+    if user_mask is not None:
+        filled = np.asarray(_check_volume(user_mask, "user mask")) > 0
+        if filled.shape != np.shape(magnitude):
+            raise ValueError(f"the mask's shape {filled.shape} differs from the image's {np.shape(magnitude)}")
+        if not filled.any():
+            raise ValueError("the given mask is empty")
+        method_info = {}
+        used = "user"
     else:
-        raise ValueError(f"unknown masking method {method!r}; use one of {METHODS}")
+        if method in ("threshold", "bet") and coverage["partial_coverage"] and partial_coverage == "auto":
+            fallback = (f"partial coverage ({coverage['reason']}): the imaged tissue is kept ('none') "
+                        f"instead of the '{method}' brain extraction")
+            used = "none"
+        if used == "threshold":
+            filled, thr = threshold_mask(magnitude, vs, **params)
+            method_info = {**params, "threshold": thr}
+        elif used == "bet":
+            filled, method_info = bet_mask(magnitude, vs, return_info=True, **params)
+            filled = ndimage.binary_fill_holes(filled)
+        elif used == "none":
+            filled, thr = tissue_mask(magnitude, vs, coverage=coverage)
+            method_info = {"noise_threshold_magnitude": thr}
+        else:
+            raise ValueError(f"unknown masking method {method!r}; use one of {METHODS}")
     if refine and quality is None and noise is None:
         raise ValueError("refine=True needs a phase-quality map (quality) or a field noise map (noise)")
     if refine and noise is not None and noise_threshold is None:
@@ -634,8 +745,12 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
         tight = refine_mask(filled, vs, quality=quality if refine else None, noise=noise if refine else None,
                             quality_threshold=quality_threshold, noise_threshold=noise_threshold,
                             noise_factor=noise_factor, erode_mm=erode_mm) & filled
-    info = {"method": method, **{k: _plain(v) for k, v in method_info.items()}, "erode_mm": float(erode_mm),
-            "refine": bool(refine), "tight_voxels": int(tight.sum()), "filled_voxels": int(filled.sum())}
+    info = {"method": method, "method_used": used, **{k: _plain(v) for k, v in method_info.items()},
+            "erode_mm": float(erode_mm), "refine": bool(refine), "tight_voxels": int(tight.sum()),
+            "filled_voxels": int(filled.sum()), "fov_voxels": int(np.size(filled)),
+            "coverage": {k: _plain(v) for k, v in coverage.items()}}
+    if fallback:
+        info["fallback"] = fallback
     if refine and quality is not None:
         info["quality_threshold"] = float(quality_threshold)
     if refine and noise is not None:

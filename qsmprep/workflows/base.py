@@ -33,11 +33,13 @@ def init_qsmprep_wf(config, records):
         by_subject[rec.subject].append(rec)
     # share the processes between participants that can run at the same time
     omp_nthreads = max(1, int(ex.nprocs) // max(1, min(len(by_subject), int(ex.nprocs))))
+    user_masks = find_user_masks(records, mask=getattr(ex, "mask", None), derivatives=getattr(ex, "derivatives", None))
     for subject, recs in sorted(by_subject.items()):
         sub_wf = init_single_subject_wf(
             records=recs, bids_dir=ex.bids_dir, output_dir=ex.output_dir, stages=wf_cfg.stages,
             echo_strategy=wf_cfg.echo_strategy, pad_voxels=wf_cfg.pad_voxels,
-            omp_nthreads=omp_nthreads, anat=getattr(config, "anat", None), name=f"single_subject_{subject}_wf",
+            omp_nthreads=omp_nthreads, anat=getattr(config, "anat", None),
+            user_masks=user_masks, name=f"single_subject_{subject}_wf",
         )
         if ex.run_uuid:
             # crash reports of a participant go to out/sub-<L>/log/<run_uuid>/ (node configs win
@@ -51,6 +53,59 @@ def init_qsmprep_wf(config, records):
                 )
         workflow.add_nodes([sub_wf])
     return workflow
+
+
+def find_user_masks(records, *, mask=None, derivatives=None):
+    """``{record prefix: (mask file, source)}`` from ``--mask`` or ``--derivatives``.
+
+    ``--mask FILE`` is for exactly one acquisition (refused when several are selected:
+    one mask cannot fit several grids).  ``--derivatives DIR`` is searched for
+    ``<prefix>_desc-brain_mask.nii[.gz]`` under ``sub-<L>[/ses-<S>]/anat/`` (our own output
+    names, so an earlier qsmprep run's masks, edited or not, can be given back); an
+    acquisition without one gets the computed mask, and that is logged.
+    """
+    from qsmprep.bids import derivative_path
+    from qsmprep.errors import InputError
+
+    out = {}
+    if mask and derivatives:
+        raise InputError("give either --mask (one acquisition) or --derivatives (masks per acquisition), not both")
+    if mask:
+        if len(records) != 1:
+            raise InputError(
+                f"--mask is for one acquisition but {len(records)} are selected "
+                f"({', '.join(r.prefix for r in records)}); select one with --participant-label/--session-label, "
+                "or give per-acquisition masks with --derivatives", path=mask)
+        out[records[0].prefix] = (str(mask), "--mask")
+    elif derivatives:
+        for rec in records:
+            found = [p for ext in (".nii.gz", ".nii")
+                     if (p := derivative_path(derivatives, rec.entities, "mask", desc="brain", extension=ext)).is_file()]
+            if found:
+                out[rec.prefix] = (str(found[0]), f"--derivatives {derivatives}")
+            else:
+                LOGGER.warning("%s: no %s in --derivatives %s; computing the mask", rec.prefix,
+                               derivative_path("", rec.entities, "mask", desc="brain").as_posix(), derivatives)
+    for rec in records:
+        if rec.prefix in out:
+            _check_mask_grid(out[rec.prefix][0], rec)
+    return out
+
+
+def _check_mask_grid(path, rec):
+    """A user mask must be in the acquisition's grid (shape and affine): checked before processing."""
+    import numpy as np
+
+    from qsmprep.bids import _load_header
+    from qsmprep.errors import InputError
+
+    img = _load_header(path)
+    ref = _load_header((rec.magnitude or rec.real)[0])
+    shape = tuple(img.shape[:3]) if len(img.shape) == 3 or img.shape[3:] == (1,) else tuple(img.shape)
+    if shape != tuple(rec.shape) or not np.allclose(img.affine, ref.affine, atol=1e-3):
+        raise InputError(f"the mask's grid (shape {tuple(img.shape)}) differs from that of {rec.prefix} (shape "
+                         f"{tuple(rec.shape)}, affine of {ref.get_filename()}): give a mask in the GRE "
+                         "acquisition's grid", path=path)
 
 
 def _bids_uri(path, bids_dir):
@@ -70,7 +125,7 @@ def _stage_summary(stages):
 
 
 def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strategy="combined",
-                           pad_voxels=16, omp_nthreads=1, anat=None, name="single_subject_wf"):
+                           pad_voxels=16, omp_nthreads=1, anat=None, user_masks=None, name="single_subject_wf"):
     """All acquisitions of one participant: a GRE workflow and its derivatives each.
 
     Parameters
@@ -84,15 +139,23 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
     anat : :class:`qsmprep.config.AnatSettings`, optional
         Registration and ROI options; applied to acquisitions that have a T1w
         (:func:`init_anat_wiring`).
+    user_masks : dict, optional
+        ``{prefix: (mask file, source)}`` from :func:`find_user_masks`.
+
+    Every acquisition also gets its QC metrics (:class:`qsmprep.interfaces.qc.QCMetrics`,
+    ``..._desc-qc_metrics.json``), with the registration check when it was registered.
     """
+    user_masks = user_masks or {}
     workflow = pe.Workflow(name=name)
     anat_resources = _resolve_anat(anat, records)
     for rec in records:
         affine = nib.load(rec.magnitude[0] if rec.magnitude else rec.real[0]).affine
         label = rec.prefix.replace("-", "").replace("_", "")
+        user_mask, user_mask_source = user_masks.get(rec.prefix, (None, None))
         gre_wf = init_gre_wf(
             echo_times=rec.echo_times, b0=rec.b0, stages=stages, echo_strategy=echo_strategy,
-            pad_voxels=pad_voxels, shape=rec.shape, omp_nthreads=omp_nthreads, name=f"gre_{label}_wf",
+            pad_voxels=pad_voxels, shape=rec.shape, omp_nthreads=omp_nthreads, user_mask=user_mask,
+            user_mask_source=user_mask_source, name=f"gre_{label}_wf",
         )
         for part in ("magnitude", "phase", "real", "imag"):
             files = getattr(rec, part)
@@ -108,6 +171,10 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             "QSMPipeline": _stage_summary(stages),
             "GeneratedBy": {"Name": "qsmprep", "Version": __version__},
         }
+        if any(volume for _, volume in rec.echo_volumes):  # 4D multi-echo input: which volume is which echo
+            common_meta["EchoSources"] = [
+                {"Echo": i + 1, "EchoTime": te, "Source": _bids_uri(path, bids_dir), "Volume": volume}
+                for i, (te, (path, volume)) in enumerate(zip(rec.echo_times, rec.echo_volumes))]
         ds_wf = init_gre_derivatives_wf(
             output_dir=output_dir, entities=rec.entities,
             sources=[_bids_uri(p, bids_dir) for p in rec.source_files], common_meta=common_meta,
@@ -118,14 +185,43 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             (gre_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields + list(INFO_FIELDS)
                              if rec.n_echoes > 1 or f != "r2star_info"]),
         ])
+        qc_node = _connect_qc(workflow, gre_wf, rec, output_dir=output_dir, unwrapping=_stage_summary(stages)[
+                              "unwrapping"]["method"], sources=[_bids_uri(p, bids_dir) for p in rec.source_files],
+                              label=label)
         if anat is not None and anat.coreg:
             if rec.t1w:
-                init_anat_wiring(workflow, gre_wf, rec, anat=anat, resources=anat_resources, output_dir=output_dir,
+                coreg = init_anat_wiring(workflow, gre_wf, rec, anat=anat, resources=anat_resources, output_dir=output_dir,
                                  sources=[_bids_uri(p, bids_dir) for p in rec.source_files],
                                  common_meta=common_meta, omp_nthreads=omp_nthreads, label=label)
+                workflow.connect([(coreg, qc_node, [("outputnode.t1w_preproc", "t1w"),
+                                                    ("outputnode.gre_in_t1w", "gre_in_t1w"),
+                                                    ("outputnode.t1w_mask", "t1w_mask")])])
             else:
                 LOGGER.info("%s: no T1w for this participant/session; no registration or ROI tables", rec.prefix)
     return workflow
+
+
+def _connect_qc(workflow, gre_wf, rec, *, output_dir, sources, label, unwrapping=""):
+    """QC metrics of one acquisition and their ``desc-qc_metrics.json`` derivative; returns the node."""
+    from qsmprep.interfaces.derivatives import DerivativesSink
+    from qsmprep.interfaces.qc import QCMetrics
+
+    n_vox = int(rec.shape[0]) * int(rec.shape[1]) * int(rec.shape[2]) if rec.shape else 1
+    qc_node = pe.Node(QCMetrics(label=rec.prefix, echo_times=list(rec.echo_times), b0=float(rec.b0),
+                                unwrapping=unwrapping),
+                      name=f"qc_{label}", mem_gb=max(0.25, round(4 * n_vox * (3 * rec.n_echoes + 8) / 1024**3, 2)))
+    sink = pe.Node(DerivativesSink(out_dir=str(output_dir), entities=dict(rec.entities), suffix="metrics",
+                                   desc="qc", extension=".json", sources=list(sources)),
+                   name=f"ds_qc_{label}", run_without_submitting=True)
+    fields = [("phase_info", "phase_info"), ("mask_info", "mask_info"), ("mask", "mask"),
+              ("mask_filled", "mask_filled"), ("local_mask", "local_mask"), ("magnitude4d", "magnitude"),
+              ("unwrapped", "unwrapped"), ("total_field", "field"), ("field_offset", "offset"), ("chi", "chi"),
+              ("chi_info", "chi_info")]
+    workflow.connect([
+        (gre_wf, qc_node, [(f"outputnode.{a}", b) for a, b in fields]),
+        (qc_node, sink, [("out_report", "in_file")]),
+    ])
+    return qc_node
 
 
 def _resolve_anat(anat, records):
@@ -152,6 +248,8 @@ def _resolve_anat(anat, records):
 def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sources, common_meta, omp_nthreads,
                      label):
     """Connect GRE → T1w coregistration, the optional template registration and the ROI tables.
+
+    Returns the coregistration workflow (its outputs feed the QC registration check).
 
     * :func:`qsmprep.workflows.coreg.init_coreg_wf`: the echo-averaged magnitude to the
       T1w (rigid + affine, mutual information); χ, R2* and the mask in ``space-T1w``;
@@ -201,3 +299,4 @@ def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sour
         ])
         if source == "atlas":
             workflow.connect([(tpl_wf, roi, [("outputnode.xfm_tpl2t1w", "inputnode.xfm_tpl2t1w")])])
+    return coreg

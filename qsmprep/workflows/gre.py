@@ -18,7 +18,8 @@ GRE_INPUTS = ["magnitude", "phase", "real", "imag"]
 GRE_OUTPUTS = [
     "chi", "chi_info", "r2star", "t2star", "r2star_info", "mask", "mask_filled", "mask_info",
     "average", "brain", "total_field", "field_noise", "field_info", "local_field", "local_mask",
-    "local_info", "unwrap_info", "phase_units", "b0_dir",
+    "local_info", "unwrap_info", "phase_units", "phase_info", "b0_dir", "magnitude4d", "unwrapped",
+    "field_offset",
 ]
 
 
@@ -35,7 +36,7 @@ def _stage(stages, name):
 
 
 def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=16,
-                shape=(1, 1, 1), omp_nthreads=1, name="gre_wf"):
+                shape=(1, 1, 1), omp_nthreads=1, user_mask=None, user_mask_source=None, name="gre_wf"):
     """Build the QSM/R2* workflow of one GRE acquisition.
 
     Parameters
@@ -56,6 +57,9 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         Image shape, used to set each node's memory estimate.
     omp_nthreads : int
         Threads for FFT-heavy nodes (``n_procs``).
+    user_mask, user_mask_source : str, optional
+        A brain mask in the GRE grid replacing the computed one, and where it came from
+        (``--mask`` or ``--derivatives``), for the sidecars.
 
     Inputs
     ------
@@ -65,8 +69,9 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     Outputs
     -------
     chi, r2star, t2star, mask, mask_filled, average, brain, total_field, field_noise,
-    local_field, local_mask
-        Files; ``*_info`` are sidecar dictionaries of the stage that made them.
+    local_field, local_mask, magnitude4d, unwrapped, field_offset
+        Files; ``*_info`` are sidecar dictionaries of the stage that made them
+        (``phase_info``: the phase units used and the raw range, for every sidecar).
     """
     workflow = pe.Workflow(name=name)
     n_echoes = len(echo_times)
@@ -102,6 +107,9 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     average = pe.Node(EchoAverage(method=avg_method), name="echo_average", mem_gb=mem_4d)
     mask_method, mask_params = _stage(stages, "masking")
     mask = pe.Node(BrainMask(method=mask_method, params=mask_params), name="brain_mask", mem_gb=_gb(8 * vol_bytes))
+    if user_mask:
+        mask.inputs.user_mask = str(user_mask)
+        mask.inputs.user_mask_source = user_mask_source or "user"
     bg_method, bg_params = _stage(stages, "background")
     background = pe.Node(
         BackgroundRemoval(method=bg_method, params=bg_params, num_threads=omp_nthreads),
@@ -154,7 +162,10 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         (inversion, reference, [("chi", "chi")]),
         (background, reference, [("mask", "mask")]),
         (reference, outputnode, [("chi", "chi")]),
-        (load, outputnode, [("phase_units", "phase_units"), ("b0_dir", "b0_dir")]),
+        (load, outputnode, [("phase_units", "phase_units"), ("phase_info", "phase_info"), ("b0_dir", "b0_dir"),
+                            ("magnitude", "magnitude4d")]),
+        (unwrap, outputnode, [("unwrapped", "unwrapped")]),
+        (fit, outputnode, [("offset", "field_offset")]),
         (mask, outputnode, [("mask", "mask"), ("mask_filled", "mask_filled"), ("brain", "brain"),
                             ("info", "mask_info")]),
         (average, outputnode, [("average", "average")]),
@@ -177,20 +188,24 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     if mask_params.get("refine"):
         workflow.connect([(fit, mask, [("noise", "noise")]), (unwrap, mask, [("quality", "quality")])])
 
+    # χ's sidecar dictionary travels to every χ-derived output (space-T1w/template maps,
+    # ROI tables), so it carries the phase units too
     merge = pe.Node(
-        Function(input_names=["first", "second"], output_names=["out"], function=merge_dicts),
+        Function(input_names=["first", "second", "third"], output_names=["out"], function=merge_dicts),
         name="chi_info", run_without_submitting=True,
     )
     workflow.connect([
-        (inversion, merge, [("info", "first")]),
-        (reference, merge, [("info", "second")]),
+        (load, merge, [("phase_info", "first")]),
+        (inversion, merge, [("info", "second")]),
+        (reference, merge, [("info", "third")]),
         (merge, outputnode, [("out", "chi_info")]),
     ])
     return workflow
 
 
-def merge_dicts(first, second):
-    """Union of two sidecar dictionaries (the second wins); self-contained for Function nodes."""
+def merge_dicts(first, second, third):
+    """Union of three sidecar dictionaries (later ones win); self-contained for Function nodes."""
     out = dict(first)
     out.update(second)
+    out.update(third)
     return out

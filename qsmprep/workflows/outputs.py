@@ -10,18 +10,20 @@ from qsmprep.interfaces.derivatives import DerivativesSink
 #: (outputnode field, suffix, desc, Units, info fields merged into the sidecar, fixed metadata)
 OUTPUTS = (
     ("chi", "Chimap", None, "ppm",
-     ("field_info", "unwrap_info", "local_info", "chi_info"), {"SkullStripped": True}),
-    ("r2star", "R2starmap", None, "1/s", ("r2star_info",), {"SkullStripped": False}),
-    ("t2star", "T2starmap", None, "s", ("r2star_info",), {"SkullStripped": False}),
-    ("mask_filled", "mask", "brain", None, ("mask_info",), {"Type": "Brain"}),
-    ("average", "magnitude", "echoaverage", "arbitrary", (), {"SkullStripped": False}),
+     ("phase_info", "field_info", "unwrap_info", "local_info", "chi_info"), {"SkullStripped": True}),
+    ("r2star", "R2starmap", None, "1/s", ("phase_info", "r2star_info"), {"SkullStripped": False}),
+    ("t2star", "T2starmap", None, "s", ("phase_info", "r2star_info"), {"SkullStripped": False}),
+    ("mask_filled", "mask", "brain", None, ("phase_info", "mask_info"), {"Type": "Brain"}),
+    ("average", "magnitude", "echoaverage", "arbitrary", ("phase_info",), {"SkullStripped": False}),
     # brain-only echo average (filled mask): the image registered to the T1w
-    ("brain", "magnitude", "echoaveragebrain", "arbitrary", ("mask_info",), {"SkullStripped": True}),
-    ("total_field", "fieldmap", "totalfield", "ppm", ("field_info", "unwrap_info"), {}),
-    ("local_field", "fieldmap", "localfield", "ppm", ("field_info", "unwrap_info", "local_info"), {}),
+    ("brain", "magnitude", "echoaveragebrain", "arbitrary", ("phase_info", "mask_info"), {"SkullStripped": True}),
+    ("total_field", "fieldmap", "totalfield", "ppm", ("phase_info", "field_info", "unwrap_info"), {}),
+    ("local_field", "fieldmap", "localfield", "ppm", ("phase_info", "field_info", "unwrap_info", "local_info"), {}),
 )
 
-INFO_FIELDS = ("field_info", "unwrap_info", "local_info", "chi_info", "r2star_info", "mask_info")
+#: Sidecar dictionaries of the stages (``phase_info``: PhaseUnits, PhaseUnitsSource and
+#: PhaseRawRange go into every sidecar: the unit used is never left implicit).
+INFO_FIELDS = ("phase_info", "field_info", "unwrap_info", "local_info", "chi_info", "r2star_info", "mask_info")
 
 
 def init_gre_derivatives_wf(*, output_dir, entities, sources, common_meta, has_r2star=True,
