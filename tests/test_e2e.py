@@ -215,7 +215,13 @@ def test_reports_and_citation(demo, tmp_path):
             assert f"sub-{sub}_desc-{kind}_mosaic.png" in figs, (kind, figs)
         assert html.count("data:image/png;base64,") == len(figs)
         assert "src=\"http" not in html and "<script" not in html  # opens offline
-        assert "desc-phantom_roistats.tsv" in html and "No errors were reported" in html
+        assert "desc-phantom_roistats.tsv" in html and "No errors were reported" not in html
+        # clean phantom data pass every QC check (no false alarms), and the report says so first
+        qc = json.loads((deriv / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-qc_metrics.json").read_text())
+        assert qc["Status"] == "pass", qc["Warnings"]
+        assert qc["Metrics"]["registration_similarity"]["Status"] == "pass"
+        assert html.index("Quality control") < html.index("desc-chimap_mosaic.png")
+        assert "No processing errors; all QC metrics passed" in html
         assert '"inversion"' in html and "antspyx" in html  # configuration and versions
     cite = (deriv / "logs" / "CITATION.md").read_text()
     assert "Laplacian boundary value problem" in cite and "morphology-enabled dipole inversion" in cite

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import shutil
 import subprocess
 
@@ -138,6 +139,34 @@ def _write_tsv(path, rows):
             writer.writerow({k: ("n/a" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
 
 
+def qc_doc(status="pass", *, mask_ml=1350.0, jumps=0.001, units="int12", raw=(0, 4095)):
+    """A ``*_desc-qc_metrics.json`` document as the participant level writes it."""
+    metrics = {
+        "phase_units": {"Value": units, "Units": None, "Status": "pass", "Threshold": "recognised unit",
+                        "Description": "unit the phase images were scaled from", "Message": ""},
+        "phase_raw_range": {"Value": list(raw), "Units": None, "Status": "pass", "Threshold": "matches the unit",
+                            "Description": "minimum and maximum of the raw phase", "Message": ""},
+        "mask_volume_ml": {"Value": mask_ml, "Units": "ml", "Status": "pass" if mask_ml > 900 else "warn",
+                           "Threshold": "warn < 900 ml or > 2000 ml", "Description": "brain mask volume",
+                           "Message": "" if mask_ml > 900 else
+                           f"The brain mask is {mask_ml:g} ml; check the mask figure and pass --mask if it is cut."},
+        "phase_jump_fraction": {"Value": jumps, "Units": None, "Status": status if jumps > 0.01 else "pass",
+                                "Threshold": "warn > 1 %, fail > 5 %", "Description": "fraction of voxels with a "
+                                "residual 2π jump after unwrapping",
+                                "Message": "" if jumps <= 0.01 else f"{jumps:.0%} of the brain has residual phase "
+                                "jumps; try --unwrapping romeo."},
+    }
+    warnings = [m["Message"] for m in metrics.values() if m["Status"] != "pass"]
+    worst = g.worst_status([m["Status"] for m in metrics.values()])
+    return {"Status": worst, "Warnings": warnings, "PhaseUnits": units, "PhaseUnitsSource": "auto-detected",
+            "PhaseRawRange": list(raw), "Metrics": metrics}
+
+
+#: QC of some scans of the cohort (sub-05 has none: a run before QC metrics existed)
+COHORT_QC = {"sub-02_ses-B": qc_doc(mask_ml=610.0), "sub-03_ses-C": qc_doc("fail", jumps=0.08, mask_ml=850.0),
+             "sub-04_ses-A": qc_doc(units="radians", raw=(-3.1416, 3.1416))}
+
+
 @pytest.fixture()
 def cohort(tmp_path):
     bids, out = tmp_path / "bids", tmp_path / "out"
@@ -162,6 +191,8 @@ def cohort(tmp_path):
                        _roistats_rows(values[i], values[i] - 0.01, 20.0 + i))
             raw = f"sub-{sub}/ses-{ses}/anat/{prefix}_echo-1_part-mag_MEGRE.nii.gz"
             (anat / f"{prefix}_Chimap.json").write_text(json.dumps({"Sources": [f"bids:raw:{raw}"]}))
+            if sub != "05":
+                (anat / f"{prefix}_desc-qc_metrics.json").write_text(json.dumps(COHORT_QC.get(prefix, qc_doc())))
             (bids / raw).parent.mkdir(parents=True, exist_ok=True)
             (bids / raw.replace(".nii.gz", ".json")).write_text(json.dumps({"Manufacturer": vendor, "EchoTime": 0.004}))
             if sub == "01":  # coregistered χ maps on one T1w grid
@@ -262,14 +293,133 @@ def test_group_level_writes_tables_maps_and_report(cohort, capsys):
     html = (gdir / "group.html").read_text()
     assert "Bland" in html and "data:image/png;base64," in html and "siteC" in html
     pngs = sorted((gdir / "figures").glob("*.png"))
-    assert any("boxplot" in p.name for p in pngs) and sum("blandaltman" in p.name for p in pngs) == 6
+    assert any("roiplot" in p.name for p in pngs) and sum("blandaltman" in p.name for p in pngs) == 6
     long = pd.read_csv(gdir / "roistats_long.tsv", sep="\t")
     assert {"participant_id", "session", "site", "vendor", "age", "sex", "label", "mean"} <= set(long.columns)
 
 
+def test_group_qc_table_one_row_per_acquisition(cohort):
+    bids, out = cohort
+    from qsmprep.reports.group import run_group
+
+    gdir = run_group(bids, out)
+    qc = pd.read_csv(gdir / "qc.tsv", sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"session": str})
+    assert list(qc.columns[:10]) == ["subject", "session", "acquisition", "run", "scan", "status", "n_warnings",
+                                     "warnings", "phase_units", "phase_units_source"]
+    assert list(qc.columns[10:]) == ["phase_raw_range", "mask_volume_ml", "phase_jump_fraction"]
+    assert len(qc) == 13 and qc["scan"].is_unique  # 12 scans with a QC file + sub-05 without one
+    by = qc.set_index("scan")
+    assert by.loc["sub-01_ses-A", "status"] == "pass" and by.loc["sub-01_ses-A", "n_warnings"] == 0
+    assert (by.loc["sub-02_ses-B", "status"], by.loc["sub-02_ses-B", "mask_volume_ml"]) == ("warn", 610.0)
+    failed = by.loc["sub-03_ses-C"]
+    assert failed["status"] == "fail" and failed["n_warnings"] == 2
+    assert failed["warnings"] == ("The brain mask is 850 ml; check the mask figure and pass --mask if it is cut. | "
+                                  "8% of the brain has residual phase jumps; try --unwrapping romeo.")
+    assert failed["phase_jump_fraction"] == pytest.approx(0.08)
+    assert (by.loc["sub-04_ses-A", "phase_units"], by.loc["sub-04_ses-A", "phase_raw_range"]) == (
+        "radians", "[-3.1416, 3.1416]")
+    assert (failed["subject"], failed["session"], failed["phase_units_source"]) == (3, "C", "auto-detected")
+    missing = by.loc["sub-05_ses-A"]
+    assert pd.isna(missing["status"]) and missing["warnings"].startswith("QC metrics not available")
+    assert pd.isna(missing["mask_volume_ml"])
+
+
+def test_group_report_order_qc_then_roi_summary_then_plots(cohort):
+    bids, out = cohort
+    from qsmprep.reports.group import run_group
+
+    html = (run_group(bids, out) / "group.html").read_text()
+    body = html[html.index("<body>"):]
+    qc, roi, first_img = body.index("<table class=\"qc\">"), body.index("<table class=\"roisummary\">"), \
+        body.index("<img")
+    assert qc < roi < first_img
+    assert body.count("<table") == 2  # the long tables are links, not printed
+    for name in ("qc", "roistats_long", "roistats_wide", "between_subject_sd", "reproducibility",
+                 "voxelwise_agreement"):
+        assert f"<a href=\"{name}.tsv\">" in body, name
+    # QC rows coloured by status, the worst first
+    qc_table = body[qc:body.index("</table>", qc)]
+    statuses = re.findall(r"<tr class=\"(\w+)\"><td class=\"t\">(sub-[^<]+)</td>", qc_table)
+    assert statuses[:3] == [("fail", "sub-03_ses-C"), ("warn", "sub-02_ses-B"), ("warn", "sub-05_ses-A")]
+    assert len(statuses) == 13 and {s for s, _ in statuses[3:]} == {"pass"}
+    assert "<td class=\"fail\" title=\"warn &gt; 1 %, fail &gt; 5 %\">0.08</td>" in qc_table
+    # one pivoted ROI table: regions with hemisphere, mean ± SD (n) per site, units in the header
+    roi_table = body[roi:body.index("</table>", roi)]
+    header = re.findall(r"<th>([^<]+)</th>", roi_table)
+    assert header[:4] == ["siteA χ (ppm) mean ± SD (n)", "siteB χ (ppm) mean ± SD (n)",
+                          "siteC χ (ppm) mean ± SD (n)", "all sites χ (ppm) mean ± SD (n)"]
+    assert header[4] == "siteA R2* (1/s) mean ± SD (n)"
+    rows = {m[0]: m[1:] for m in re.findall(r"<tr><td class=\"t\">([^<]+)</td>" + "<td>([^<]+)</td>" * 8, roi_table)}
+    assert set(rows) == {"putamen (L)", "putamen (R)", "Brainstem"}
+    site_a = [v[0] for v in PUT_L.values()] + [0.095]
+    digits = int(re.search(r"\.(\d+) ±", rows["putamen (L)"][0]).group(1).__len__())
+    assert rows["putamen (L)"][0] == f"{np.mean(site_a):.{digits}f} ± {np.std(site_a, ddof=1):.{digits}f} (5)"
+    assert rows["putamen (L)"][3].endswith("(13)") and rows["Brainstem"][0] == "–"
+
+
+def test_comparison_level_and_roi_by_vendor(cohort):
+    bids, out = cohort
+    long = g.load_long_table(out, bids)
+    assert g.comparison_level(long) == "site"
+    one_site = long.assign(site="siteA")
+    assert g.comparison_level(one_site) == "vendor"
+    assert g.comparison_level(one_site.assign(vendor="GE")) == "site"
+    by_vendor = g.roi_by_group(one_site).set_index(["map", "roi_key", "group"])
+    siemens = [v[0] for v in PUT_L.values()] + [0.095] + [v[1] for v in PUT_L.values()]
+    row = by_vendor.loc[("chi", "putamen_L", "Siemens")]
+    assert row["n_scans"] == 9 and row["mean"] == pytest.approx(np.mean(siemens))
+    assert row["sd"] == pytest.approx(np.std(siemens, ddof=1)) and row["level"] == "vendor"
+    assert by_vendor.loc[("chi", "putamen_L", "all"), "n_scans"] == 13
+    assert by_vendor.loc[("chi", "putamen_L", "GE"), "region"] == "putamen (L)"
+
+
+def test_box_only_from_three_scans_otherwise_strip():
+    from qsmprep.reports import figures
+
+    assert [figures.group_plot_kind(n) for n in range(1, 6)] == ["strip", "strip", "box", "box", "box"]
+    long = pd.DataFrame({"atlas": "aseg", "map": "chi", "roi_key": "putamen_L",
+                         "mean": [0.10, 0.12, 0.09, 0.11, 0.10, 0.13, 0.08],
+                         "site": ["A", "A", "B", "B", "B", "B", "B"]})
+    fig = figures.roi_plot_figure(long, atlas="aseg", mapname="chi", by="site", units="ppm")
+    try:
+        ax = fig.axes[0]
+        gids = [line.get_gid() for line in ax.lines]
+        assert gids.count("box") == 1 and gids.count("mean") == 1 and gids.count("points") == 2
+        box = next(line for line in ax.lines if line.get_gid() == "box")
+        assert np.allclose((box.get_xdata().min() + box.get_xdata().max()) / 2, 2.0)  # the box is site B's (5 scans)
+        mean = next(line for line in ax.lines if line.get_gid() == "mean")
+        assert np.allclose(mean.get_ydata(), 0.11) and np.allclose(np.mean(mean.get_xdata()), 1.0)
+        points = [line for line in ax.lines if line.get_gid() == "points"]
+        assert sorted(len(p.get_xdata()) for p in points) == [2, 5]
+        assert all(np.ptp(p.get_xdata()) > 0 for p in points)  # jittered
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_empty_reproducibility_tables_keep_their_header(cohort):
+    bids, out = cohort
+    for ses in ("B", "C"):  # one scan per participant: no pair to compare
+        for folder in out.glob(f"sub-*/ses-{ses}"):
+            shutil.rmtree(folder)
+    from qsmprep.reports.group import run_group
+
+    gdir = run_group(bids, out)
+    for name, columns in (("reproducibility", g.REPRO_COLUMNS), ("reproducibility_points", g.POINTS_COLUMNS)):
+        lines = (gdir / f"{name}.tsv").read_text().splitlines()
+        assert lines == ["\t".join(columns)], name
+    assert "No participant has two scans" in (gdir / "group.html").read_text()
+    assert len(pd.read_csv(gdir / "qc.tsv", sep="\t")) == 5
+
+
+def _browser():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
 def screenshot_variance(html_path, tmp_path):
     """Render ``html_path`` in headless Chromium; return the screenshot's pixel variance."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    browser = _browser()
     if browser is None:
         pytest.skip("no headless browser: install Debian's chromium (.ci/run does) to render the reports")
     shot = tmp_path / "shot.png"
@@ -284,6 +434,8 @@ def screenshot_variance(html_path, tmp_path):
 
 
 def test_group_report_renders_in_headless_browser(cohort, tmp_path):
+    if _browser() is None:  # before the group level, not after it
+        pytest.skip("no headless browser: install Debian's chromium (.ci/run does) to render the reports")
     bids, out = cohort
     from qsmprep.reports.group import run_group
 

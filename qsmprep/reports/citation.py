@@ -126,8 +126,73 @@ def versions():
     return out
 
 
-def methods_text(config, records):
-    """(markdown text, list of reference keys) describing the configured processing of ``records``."""
+def _num(value):
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def phase_units_used(out_dir, records):
+    """``[(prefix, units, source, raw_range)]``: the phase units each acquisition was processed with.
+
+    Read from the acquisition's ``*_desc-qc_metrics.json`` (``PhaseUnits``, ``PhaseUnitsSource``,
+    ``PhaseRawRange``), else from its ``*_Chimap.json`` sidecar (same keys); ``units`` is None
+    when neither records it (derivatives of an older run, or an acquisition that failed early).
+    """
+    from qsmprep.analysis.group import read_qc
+    from qsmprep.bids import derivative_path
+
+    found = []
+    for rec in records:
+        info = {}
+        qc, _ = read_qc(derivative_path(out_dir, rec.entities, "metrics", desc="qc", extension=".json"))
+        if qc is not None:
+            info = {k: qc.get(k) for k in ("PhaseUnits", "PhaseUnitsSource", "PhaseRawRange")}
+        if not info.get("PhaseUnits"):
+            try:
+                side = json.loads(derivative_path(out_dir, rec.entities, "Chimap", extension=".json").read_text())
+            except (OSError, ValueError):
+                side = {}
+            if isinstance(side, dict) and side.get("PhaseUnits"):
+                info = {k: side.get(k) for k in ("PhaseUnits", "PhaseUnitsSource", "PhaseRawRange")}
+        rng = info.get("PhaseRawRange")
+        rng = tuple(rng) if isinstance(rng, (list, tuple)) and len(rng) == 2 else None
+        found.append((rec.prefix, info.get("PhaseUnits") or None, info.get("PhaseUnitsSource") or None, rng))
+    return found
+
+
+def phase_units_sentence(used, max_listed=6):
+    """One sentence naming the phase units used per acquisition (grouped by unit and its source)."""
+    if not used:
+        return ""
+    groups = {}
+    for prefix, units, source, rng in used:
+        groups.setdefault((units, source), []).append((prefix, rng))
+    parts = []
+    for (units, source), members in sorted(groups.items(), key=lambda kv: (kv[0][0] is None, str(kv[0]))):
+        if units is None:
+            who = ", ".join(p for p, _ in members[:max_listed]) + (f" and {len(members) - max_listed} more"
+                                                                    if len(members) > max_listed else "")
+            parts.append(f"not recorded for {who} (derivatives written before qsmprep recorded them)")
+            continue
+        label = f"{units} ({source})" if source else str(units)
+        if len(members) <= max_listed:
+            who = ", ".join(f"{p} (raw range {_num(r[0])} to {_num(r[1])})" if r else p for p, r in members)
+        else:
+            ranges = [r for _, r in members if r]
+            who = f"{len(members)} acquisitions"
+            if ranges:
+                who += f" (raw values from {_num(min(r[0] for r in ranges))} to {_num(max(r[1] for r in ranges))})"
+        parts.append(f"{label} for {who}")
+    return "the phase units used were " + "; ".join(parts)
+
+
+def methods_text(config, records, out_dir=None):
+    """(markdown text, list of reference keys) describing the configured processing of ``records``.
+
+    With ``out_dir`` (the derivatives of the run), the phase units each acquisition was actually
+    processed with are stated (:func:`phase_units_used`), not only the configured choice.
+    """
     p = phrases()
     cites = []
 
@@ -159,6 +224,8 @@ def methods_text(config, records):
         phase.append("magnitude and phase were computed from the real and imaginary images")
     if any(not r.is_complex for r in records) or not records:
         phase.append(use(f"phase_units:{stages['phase_units'].method}"))
+    if out_dir is not None and records:
+        phase.append(phase_units_sentence(phase_units_used(out_dir, records)))
     offset = stages["phase_offset"].method
     if offset != "none":
         phase.append(use(f"phase_offset:{offset}"))
@@ -228,10 +295,13 @@ def _sentences(parts):
 
 
 def write_citation(out_dir, config, records):
-    """Write ``out_dir/logs/CITATION.md`` and ``CITATION.bib``; return their paths."""
+    """Write ``out_dir/logs/CITATION.md`` and ``CITATION.bib``; return their paths.
+
+    Written after processing, so that the phase units each acquisition used can be read from
+    its QC file or χ sidecar."""
     from qsmprep.interfaces.derivatives import atomic_write_text
 
-    text, cites = methods_text(config, records)
+    text, cites = methods_text(config, records, out_dir=out_dir)
     logs = Path(out_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     md_path, bib_path = logs / "CITATION.md", logs / "CITATION.bib"

@@ -22,7 +22,33 @@ pre { background: #f6f6f8; border: 1px solid #ddd; padding: .6em; font-size: 11p
 .ok { color: #070; }
 .caption { color: #555; font-size: 13px; }
 nav a { margin-right: 1em; }
+.warn { color: #9a5b00; font-weight: bold; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 4px; font-weight: bold; font-size: 13px;
+         color: #fff; vertical-align: middle; }
+.badge.pass { background: #2e7d32; } .badge.warn { background: #e69500; color: #222; }
+.badge.fail { background: #c62828; } .badge.na { background: #888; }
+td.pass { background: #e3f3e4; color: #1b5e20; } td.warn { background: #fff0cc; color: #7a4a00; font-weight: bold; }
+td.fail { background: #fbdcdc; color: #a00; font-weight: bold; } td.na { color: #777; }
+tr.pass td { background: #f1f9f1; } tr.warn td { background: #fff6dd; } tr.fail td { background: #fde7e7; }
+ul.warnings li { margin: .2em 0; }
+section.qc { border: 1px solid #ccd; border-radius: 6px; padding: .2em 1em .6em; margin: 1em 0 1.5em; }
 """
+
+
+#: QC statuses from best to worst, and the CSS class of each
+QC_STATUSES = ("pass", "warn", "fail")
+
+
+def status_class(status):
+    """CSS class of a QC status (``pass``/``warn``/``fail``; anything else is ``na``)."""
+    return status if status in QC_STATUSES else "na"
+
+
+def badge(status, text=None):
+    """A coloured status badge: green pass, amber warn, red fail, grey otherwise."""
+    cls = status_class(status)
+    label = text or {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}.get(cls, "N/A")
+    return f"<span class=\"badge {cls}\">{esc(label)}</span>"
 
 
 def esc(text, quote=True):

@@ -1,10 +1,15 @@
 """Per-participant HTML report ``out/sub-<L>.html`` with figures in ``out/sub-<L>/figures/``.
 
-For each acquisition: mosaics of χ (fixed window, colour bar), the echo-averaged magnitude with
-the brain-mask contour, the local field and R2*; a registration check (edges of the T1w,
-brought into the GRE grid through the saved ``from-T1w_to-GRE`` transform, over the GRE
-magnitude); the ROI tables.  Then the resolved configuration, software versions and every
-crash file the run left for this participant.  The page is self-contained (figures inlined).
+The page opens with the QC block (:mod:`qsmprep.reports.qc`): one line summing up the run
+(failed steps, QC failures and warnings — green only when nothing failed and every QC metric
+passed), then per acquisition a pass/warn/fail badge, the warnings, the phase units used and the
+metrics of ``<prefix>_desc-qc_metrics.json``.  Then, for each acquisition: mosaics of χ (fixed
+window, colour bar), the echo-averaged magnitude with the brain-mask contour, the local field
+and R2*; a registration check (edges of the T1w, brought into the GRE grid through the saved
+``from-T1w_to-GRE`` transform, over the GRE magnitude); the ROI tables.  Mosaics are drawn in
+neurological convention with orientation letters on every panel (:mod:`qsmprep.reports.figures`).
+Then the resolved configuration, software versions and every crash file the run left for this
+participant.  The page is self-contained (figures inlined).
 Written after the participant workflow, also when it failed (then it shows what exists).
 """
 
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qsmprep.reports import figures
+from qsmprep.reports import qc as qcblock
 from qsmprep.reports.html import esc, img, page, table
 
 LOGGER = logging.getLogger("nipype.workflow")
@@ -47,12 +53,13 @@ def acquisition_figures(out_dir, rec, fig_dir):
         made.append((title, str(png), caption))
 
     if mag_img is not None:
-        mag, zooms = figures.canonical(mag_img)
+        mag, zooms, affine = figures.canonical_with_affine(mag_img)
         hi = float(np.percentile(mag[mag > 0], 99.5)) if (mag > 0).any() else 1.0
         png = fig_dir / f"{prefix}_desc-magnitude_mosaic.png"
         figures.mosaic(png, mag, zooms, vmin=0, vmax=hi, title="Echo-averaged magnitude and brain mask",
-                       contour=mask, extent_mask=mag > 0.1 * hi)
-        add("Magnitude and brain mask", png, "Echo-averaged magnitude; red: brain mask used for QSM.")
+                       contour=mask, extent_mask=mag > 0.1 * hi, affine=affine)
+        add("Magnitude and brain mask", png, "Echo-averaged magnitude; red: brain mask used for QSM. "
+            + figures.CONVENTION)
     for suffix, kw, title, window, cmap, unit, caption in (
         ("Chimap", {}, "Susceptibility χ", figures.CHI_WINDOW, "gray", "χ (ppm)",
          "χ in ppm, fixed window {lo} to {hi} ppm (same in every report)."),
@@ -64,11 +71,11 @@ def acquisition_figures(out_dir, rec, fig_dir):
         image = _load(deriv(suffix, **kw))
         if image is None:
             continue
-        data, zooms = figures.canonical(image)
+        data, zooms, affine = figures.canonical_with_affine(image)
         png = fig_dir / f"{prefix}_desc-{suffix.lower()}{kw.get('desc', '')}_mosaic.png"
         figures.mosaic(png, data, zooms, vmin=window[0], vmax=window[1], cmap=cmap, title=title,
-                       cbar_label=unit, extent_mask=mask if mask is not None else data != 0)
-        add(title, png, caption.format(lo=window[0], hi=window[1]))
+                       cbar_label=unit, extent_mask=mask if mask is not None else data != 0, affine=affine)
+        add(title, png, caption.format(lo=window[0], hi=window[1]) + " " + figures.CONVENTION)
     xfm = deriv("xfm", extension=".mat").with_name(f"{prefix}_from-T1w_to-GRE_mode-image_xfm.mat")
     if mag_img is not None and rec.t1w and xfm.is_file():
         try:
@@ -78,13 +85,14 @@ def acquisition_figures(out_dir, rec, fig_dir):
             t1w_in_gre = figures.resample_to(t1w_img, mag_img, read_affine(xfm))
             t1_can = nib.as_closest_canonical(nib.Nifti1Image(t1w_in_gre, mag_img.affine))
             edges = figures.edge_map(np.asarray(t1_can.dataobj, np.float32), mask)
-            mag, zooms = figures.canonical(mag_img)
+            mag, zooms, affine = figures.canonical_with_affine(mag_img)
             hi = float(np.percentile(mag[mag > 0], 99.5)) if (mag > 0).any() else 1.0
             png = fig_dir / f"{prefix}_desc-coreg_mosaic.png"
             figures.mosaic(png, mag, zooms, vmin=0, vmax=hi, title="Registration check: T1w edges on GRE magnitude",
-                           edges=edges, extent_mask=mask if mask is not None else mag > 0.1 * hi)
+                           edges=edges, extent_mask=mask if mask is not None else mag > 0.1 * hi, affine=affine)
             add("Registration check", png, "Cyan: edges of the T1w brought into the GRE grid through the "
-                "estimated GRE→T1w affine; they should follow the GRE anatomy (ventricles, cortex, nuclei).")
+                "estimated GRE→T1w affine; they should follow the GRE anatomy (ventricles, cortex, nuclei). "
+                + figures.CONVENTION)
         except Exception as exc:  # noqa: BLE001 - a figure must never hide the rest of the report
             LOGGER.warning("%s: registration figure failed: %s", prefix, exc)
     return made
@@ -125,12 +133,16 @@ def write_subject_report(out_dir, subject, records, config, run_uuid):
     out_dir = Path(out_dir)
     fig_dir = out_dir / f"sub-{subject}" / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    body = ["<nav><a href=\"#acquisitions\">Acquisitions</a><a href=\"#errors\">Errors</a>"
-            "<a href=\"#config\">Configuration</a><a href=\"#versions\">Software</a></nav>"]
     crashes = _crash_files(out_dir, subject, run_uuid)
-    status = (f"<p class=\"err\">{len(crashes)} step(s) failed in this run; see Errors.</p>" if crashes
-              else "<p class=\"ok\">No errors were reported in this run.</p>")
-    body.append(f"<p>Run {esc(run_uuid)}. {len(records)} acquisition(s).</p>{status}")
+    entries = [(rec.prefix, *qcblock.load_acquisition_qc(out_dir, rec)) for rec in records]
+    cls, summary = qcblock.run_summary(len(crashes), entries)
+    body = ["<section class=\"qc\" id=\"qc\"><h2>Quality control</h2>"
+            f"<p class=\"{cls}\">{esc(summary)}</p>"
+            + "".join(qcblock.acquisition_block(prefix, qc, problem) for prefix, qc, problem in entries)
+            + "</section>"]
+    body.append("<nav><a href=\"#qc\">QC</a><a href=\"#acquisitions\">Acquisitions</a><a href=\"#errors\">Errors"
+                "</a><a href=\"#config\">Configuration</a><a href=\"#versions\">Software</a></nav>")
+    body.append(f"<p>Run {esc(run_uuid)}. {len(records)} acquisition(s).</p>")
     body.append("<h2 id=\"acquisitions\">Acquisitions</h2>")
     for rec in records:
         tes = ", ".join(f"{te * 1e3:g}" for te in rec.echo_times)
