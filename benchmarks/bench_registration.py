@@ -42,15 +42,13 @@ def main(argv=None):
     parser.add_argument("--skip-precise-syn", action="store_true", help="only time the --sloppy SyN")
     args = parser.parse_args(argv)
 
-    from scipy import ndimage as ndi
-
+    from qsmprep.anat import (
+        apply_transforms, brain_extract_t1w, read_affine, register, rigid_error, write_dilated_mask,
+    )
     from qsmprep.analysis.roi import roi_statistics
     from qsmprep.demo import (
         BRAIN_LABELS, DEEP_GREY_LABELS, _head_coords, _labels_at, _rotation, _subject_variation, make_phantom,
         render_t1w, simulate_gre,
-    )
-    from qsmprep.interfaces.registration import (
-        _ball, apply_transforms, brain_extract_t1w, read_affine, register, rigid_error,
     )
 
     motion = (6.0, 0.0, 0.0, 0.0, 4.0, 0.0)
@@ -76,10 +74,7 @@ def main(argv=None):
     t = time.perf_counter()
     be = brain_extract_t1w(root / "t1w.nii.gz", root / "be", num_threads=args.threads)
     print(f"T1w brain extraction (N4 + threshold): {time.perf_counter() - t:.1f} s", flush=True)
-    mask = nib.load(be["mask"])
-    vs = [float(z) for z in mask.header.get_zooms()[:3]]
-    nib.Nifti1Image(ndi.binary_dilation(np.asarray(mask.dataobj) > 0, structure=_ball(4.0, vs)).astype(np.uint8),
-                    mask.affine).to_filename(root / "mask_dil.nii.gz")
+    write_dilated_mask(be["mask"], root / "mask_dil.nii.gz", 4.0)
 
     for preset in ("precise", "sloppy"):
         t = time.perf_counter()

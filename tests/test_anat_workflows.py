@@ -161,10 +161,9 @@ def test_coreg_and_roi_workflows_run_on_the_small_demo(small_case, tmp_path):
 def test_full_demo_roi_means_through_registration(tmp_path, full_phantom, full_gre):
     """Acceptance: full demo, T1w moved by 6° and 4 mm; deep-grey means within 0.005 ppm of the truth labels'."""
     from qsmprep.demo import DEEP_GREY_LABELS, render_t1w
-    from qsmprep.interfaces.registration import (
-        _ball, apply_transforms, brain_extract_t1w, read_affine, register, rigid_error,
+    from qsmprep.anat import (
+        apply_transforms, brain_extract_t1w, read_affine, register, rigid_error, write_dilated_mask,
     )
-    from scipy import ndimage as ndi
     from test_registration import BRAIN_BOX, true_t1w_to_gre
 
     ph = full_phantom
@@ -176,9 +175,7 @@ def test_full_demo_roi_means_through_registration(tmp_path, full_phantom, full_g
     nib.Nifti1Image(t1w_labels("full", 0, MOTION, t1w.affine, t1w.shape).astype(np.int16),
                     t1w.affine).to_filename(tmp_path / "t1w_labels.nii.gz")
     be = brain_extract_t1w(tmp_path / "t1w.nii.gz", tmp_path / "be", num_threads=2)
-    m = nib.load(be["mask"])
-    nib.Nifti1Image(ndi.binary_dilation(np.asarray(m.dataobj) > 0, structure=_ball(4.0, (1, 1, 1))).astype(np.uint8),
-                    m.affine).to_filename(tmp_path / "mask_dil.nii.gz")
+    write_dilated_mask(be["mask"], tmp_path / "mask_dil.nii.gz", 4.0)
     reg = register(be["corrected"], avg, tmp_path / "reg_", stages=("rigid", "affine"),
                    fixed_mask=tmp_path / "mask_dil.nii.gz", num_threads=2)
     est = read_affine(reg["forward"][0])

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from qsmprep.interfaces.registration import (
+from qsmprep.anat import (
     apply_transforms, brain_extract_t1w, invert_affine_file, read_affine, register, rigid_error, write_affine,
 )
 

@@ -1,7 +1,7 @@
 """Region-of-interest statistics of χ and R2* maps from a label image (atlas or segmentation).
 
 Everything here is pure numpy/scipy on arrays in voxel order; the registration that brings
-labels into the GRE grid lives in :mod:`qsmprep.interfaces.registration`.
+labels into the GRE grid lives in :mod:`qsmprep.anat`.
 
 Conventions of the ROI table (``desc-<atlas>_roistats.tsv``, one row per label and map):
 

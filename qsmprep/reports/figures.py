@@ -237,20 +237,6 @@ def edge_map(volume, mask=None):
     return edges
 
 
-def resample_to(moving_img, reference_img, world_map=None, order=1):
-    """``moving_img`` resampled on ``reference_img``'s grid; ``world_map`` maps reference world
-    points to moving world points (4×4, e.g. the ``from-T1w_to-GRE`` affine of qsmprep)."""
-    from scipy import ndimage
-
-    mat = np.linalg.inv(moving_img.affine) @ (np.eye(4) if world_map is None else world_map) @ reference_img.affine
-    data = np.asarray(moving_img.dataobj, dtype=np.float32)
-    if data.ndim == 4:
-        data = data[..., 0]
-    out = ndimage.affine_transform(data, mat[:3, :3], offset=mat[:3, 3], output_shape=reference_img.shape[:3],
-                                   order=order, mode="constant", cval=0.0)
-    return out
-
-
 # ----------------------------------------------------------------------------- group plots
 
 #: a box (quartiles, whiskers) is drawn for a group only from this many scans on; below it, the

@@ -79,10 +79,10 @@ def acquisition_figures(out_dir, rec, fig_dir):
     xfm = deriv("xfm", extension=".mat").with_name(f"{prefix}_from-T1w_to-GRE_mode-image_xfm.mat")
     if mag_img is not None and rec.t1w and xfm.is_file():
         try:
-            from qsmprep.interfaces.registration import read_affine
+            from qsmprep.anat.transforms import read_affine, resample_to
 
             t1w_img = nib.load(rec.t1w)
-            t1w_in_gre = figures.resample_to(t1w_img, mag_img, read_affine(xfm))
+            t1w_in_gre = resample_to(t1w_img, mag_img, read_affine(xfm))
             t1_can = nib.as_closest_canonical(nib.Nifti1Image(t1w_in_gre, mag_img.affine))
             edges = figures.edge_map(np.asarray(t1_can.dataobj, np.float32), mask)
             mag, zooms, affine = figures.canonical_with_affine(mag_img)

@@ -1,0 +1,72 @@
+"""GRE → T1w coregistration: dilated T1w brain mask as metric mask, affine registration, inverse."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from qsmprep.anat._morphology import ball
+from qsmprep.anat.registration import register
+from qsmprep.anat.transforms import invert_affine_file
+
+
+def write_dilated_mask(mask_file, out_file, radius_mm):
+    """Write ``mask_file`` (nonzero voxels) dilated by a ball of ``radius_mm`` as a uint8 NIfTI.
+
+    ``radius_mm <= 0`` writes the mask undilated.  Returns the path of ``out_file``.
+    """
+    from scipy import ndimage as ndi
+
+    img = nib.load(mask_file)
+    mask = np.asarray(img.dataobj) > 0
+    if radius_mm > 0:
+        vs = [float(z) for z in img.header.get_zooms()[:3]]
+        mask = ndi.binary_dilation(mask, structure=ball(radius_mm, vs))
+    out_file = os.fspath(out_file)
+    nib.Nifti1Image(mask.astype(np.uint8), img.affine).to_filename(out_file)
+    return out_file
+
+
+def coregister_gre_to_t1w(fixed, moving, out_dir, *, fixed_mask=None, moving_mask=None, stages=("rigid", "affine"),
+                          preset="precise", dilate_mm=4.0, random_seed=42, num_threads=1):
+    """Affine registration of the GRE echo-averaged magnitude (``moving``) to the T1w (``fixed``).
+
+    Linear stages of :func:`qsmprep.anat.registration.register` (Mattes mutual information,
+    multi-resolution), the metric restricted to the T1w brain mask dilated by ``dilate_mm``
+    so the skull and neck of the T1w do not drive the fit.
+
+    Parameters
+    ----------
+    fixed, moving : path-like
+        T1w (bias-corrected; with or without skull) and GRE magnitude.
+    out_dir : path-like
+        Folder for the outputs.
+    fixed_mask, moving_mask : path-like, optional
+        T1w brain mask (dilated, then the fixed metric mask) and GRE brain mask.
+    stages, preset, random_seed, num_threads
+        As in :func:`qsmprep.anat.registration.register`.
+    dilate_mm : float
+        Dilation of ``fixed_mask`` (mm).
+
+    Returns
+    -------
+    dict
+        ``xfm``: ``from-GRE_to-T1w_mode-image_xfm.mat`` (resamples GRE images into T1w space);
+        ``inv_xfm``: ``from-T1w_to-GRE_mode-image_xfm.mat``; ``warped``: the GRE magnitude in
+        T1w space.
+    """
+    out_dir = Path(out_dir)
+    if fixed_mask is not None:
+        fixed_mask = write_dilated_mask(fixed_mask, out_dir / "fixed_mask.nii.gz", dilate_mm)
+    reg = register(
+        fixed, moving, os.path.join(out_dir, "gre2t1w_"), stages=tuple(stages), preset=preset,
+        fixed_mask=fixed_mask, moving_mask=moving_mask, random_seed=random_seed, num_threads=num_threads,
+    )
+    xfm = os.path.join(out_dir, "from-GRE_to-T1w_mode-image_xfm.mat")
+    shutil.copyfile(reg["forward"][0], xfm)
+    inv = invert_affine_file(xfm, os.path.join(out_dir, "from-T1w_to-GRE_mode-image_xfm.mat"))
+    return {"xfm": xfm, "inv_xfm": inv, "warped": reg["warped"]}
