@@ -8,12 +8,16 @@ field noise of SNR 100 (the numbers from the pipeline's own local field are in t
 issue note and the benchmark).
 """
 
+import inspect
+
 import numpy as np
 import pytest
 
 from qsmprep.demo import DEEP_GREY_LABELS
 from qsmprep.qsm import inversion as inv
 from qsmprep.qsm import kernels
+from qsmprep.qsm.inversion._operators import _fgrad, _fgrad_adj, _Grid, _pgrad, _pgrad_adj
+from qsmprep.qsm.inversion.ilsqr import _fast_qsm
 
 
 def _dot(a, b):
@@ -26,12 +30,12 @@ def test_operators_pass_the_dot_product_test(vs):
     shape = (12, 10, 8)
     x = rng.standard_normal(shape).astype(np.float32)
     g = rng.standard_normal((3,) + shape).astype(np.float32)
-    for fwd, adj in ((inv._pgrad, inv._pgrad_adj), (inv._fgrad, inv._fgrad_adj)):
+    for fwd, adj in ((_pgrad, _pgrad_adj), (_fgrad, _fgrad_adj)):
         lhs, rhs = _dot(fwd(x, vs), g), _dot(x, adj(g, vs))
         assert lhs == pytest.approx(rhs, rel=1e-4)
     mask = np.zeros(shape, bool)
     mask[3:9, 2:8, 2:6] = True
-    grid = inv._Grid(mask, vs, (0.1, 0.2, 0.97), 4, 1)
+    grid = _Grid(mask, vs, (0.1, 0.2, 0.97), 4, 1)
     a = rng.standard_normal(grid.shape).astype(np.float32)
     b = rng.standard_normal(grid.shape).astype(np.float32)
     assert _dot(grid.conv(a), b) == pytest.approx(_dot(a, grid.conv(b)), rel=1e-4)  # D self-adjoint
@@ -61,10 +65,12 @@ def test_iterative_methods_recover_a_sphere(method, params):
 def test_fast_qsm_estimate_has_the_structure_and_the_tkd_scale():
     """Li et al. 2015's fast estimate (Eqs. 8-14): χ's structure, scaled to match TKD."""
     field, mask, r2 = _sphere()
-    grid = inv._Grid(mask, (1, 1, 1), (0, 0, 1), 8, 1)
+    grid = _Grid(mask, (1, 1, 1), (0, 0, 1), 8, 1)
     f = grid.put(field) * grid.mask
-    fast = grid.get(inv._fast_qsm(grid, f))
-    tkd = inv.tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=0.125, correct=False, pad=8)
+    opts = inv.default_parameters("ilsqr")
+    fast = grid.get(_fast_qsm(grid, f, smv_mm=opts["fast_smv_mm"], exponent=opts["fast_exponent"],
+                              percentiles=opts["fast_percentiles"], tkd_threshold=opts["fast_tkd_threshold"]))
+    tkd = inv.tkd(field, mask, (1, 1, 1), (0, 0, 1), threshold=opts["fast_tkd_threshold"], correct=False, pad=8)
     truth = np.where(r2 < 8**2, 0.2, 0.0)
     # smoothed near the cone by design (0.88 here, TKD 0.99 on this noiseless sphere); the
     # field itself, without sign(D), does not correlate with the sphere at all
@@ -94,6 +100,39 @@ def test_invert_validates_and_records_parameters():
     _, info = inv.invert(field, mask, (1, 1, 1), (0, 0, 1), method="tikhonov", lambda_=0.01)
     assert info["lambda"] == 0.01 and info["lambda_rule"] == "fixed"
     assert inv.method_parameters("tv") >= {"lambda_", "lambda_rule", "mu"}
+
+
+def _signature_defaults(func):
+    return {k: p.default for k, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty and p.default is not None}
+
+
+@pytest.mark.parametrize("method", inv.METHODS)
+def test_default_parameters_are_the_signature_defaults(method):
+    """One source of each default: the method function's signature (medi+0: medi's)."""
+    func = inv.medi if method == "medi+0" else getattr(inv, method)
+    expected = {k: v for k, v in _signature_defaults(func).items() if k in inv.method_parameters(method)}
+    if "lambda_" in inv.method_parameters(method):
+        expected["lambda_rule"] = inspect.signature(inv.invert).parameters["lambda_rule"].default
+    assert inv.default_parameters(method) == expected
+    assert set(inv.default_parameters(method)) <= inv.method_parameters(method)
+    assert ("lambda_" in expected) == (method in ("tikhonov", "medi", "medi+0", "tv"))
+
+
+@pytest.mark.parametrize("method", ["tkd", "tikhonov", "ilsqr", "medi", "tv"])
+def test_invert_records_the_signature_defaults(method):
+    """What invert() ran with, given no options, is what default_parameters() says."""
+    field, mask, r2 = _sphere(n=24, radius=4)
+    mag = np.where(r2 < 4**2, 0.5, 1.0).astype(np.float32)
+    _, info = inv.invert(field, mask, (1, 1, 1), (0, 0, 1), method=method, magnitude=mag, pad=4, workers=1)
+    defaults = inv.default_parameters(method)
+    recorded = {"lambda_" if k == "lambda" else k: v for k, v in info.items()}
+    if method in ("tkd", "tikhonov", "ilsqr"):  # these record every option
+        assert set(defaults) <= set(recorded)
+    else:  # the others record λ and the rule (MEDI also its data term)
+        assert {"lambda_", "lambda_rule"} | ({"data_term"} if method == "medi" else set()) <= set(recorded)
+    shared = set(defaults) & set(recorded)
+    assert {k: recorded[k] for k in shared} == {k: defaults[k] for k in shared}
 
 
 def test_discrepancy_principle_and_lcurve_choose_lambda(small_phantom):

@@ -1,0 +1,122 @@
+"""Total-variation dipole inversion by ADMM with closed-form k-space updates (FANSI-style)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmprep.qsm.inversion._operators import (
+    _check_data_term,
+    _check_inputs,
+    _check_positive,
+    _gradient_reg,
+    _norm,
+    _pgrad,
+    _pgrad_adj,
+    _weighted_data,
+)
+
+
+def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lambda_=2e-4, mu=None,
+       mu_data=1.0, max_iter=150, tol=0.005, data_term="linear", phase_scale=None, newton_iter=4,
+       pad=16, workers=None, stats=None):
+    """Total-variation dipole inversion by ADMM with closed-form k-space updates.
+
+    Bilgic, Fan, Polimeni, Cauley, Bianciardi, Adalsteinsson, Wald & Setsompop, "Fast
+    quantitative susceptibility mapping with L1-regularization and automatic parameter
+    selection", MRM 2014;72:1444-1459; with the data-weighted and nonlinear data terms of
+    FANSI: Milovic, Bilgic, Zhao, Acosta-Cabronero & Tejos, "Fast nonlinear
+    susceptibility inversion with variational regularization", MRM 2018;80:814-821.
+    Minimises ``½‖W (Dχ − f)‖₂² + λ ‖∇χ‖₁`` (isotropic TV, periodic forward
+    differences) with the splittings ``z = ∇χ`` and ``v = Dχ``:
+
+    * ``χ = F⁻¹[(μ Σ Ē_i F(z_i − u_i) + μ_d D F(v − u_v)) / (μ Σ|E_i|² + μ_d D²)]``;
+    * ``z = shrink(∇χ + u, λ/μ)`` (vector soft thresholding);
+    * ``v = (W² f + μ_d (Dχ + u_v)) / (W² + μ_d)`` voxel-wise (linear), or a few Newton
+      steps on ``W² |exp(i a v) − exp(i a f)|²/(2a²) + μ_d/2 (v − Dχ − u_v)²`` (nonlinear);
+    * ``u += ∇χ − z``, ``u_v += Dχ − v``.
+
+    Stops when ``‖χ_k − χ_{k−1}‖ < tol ‖χ_k‖`` or after ``max_iter`` iterations.
+
+    Parameters
+    ----------
+    local_field, mask, voxel_size, b0_dir, pad, workers
+        As in :func:`tkd`.
+    magnitude, noise : ndarray, optional
+        Data weights: ``1/noise`` if given, else the magnitude, else uniform in the mask.
+    lambda_ : float
+        TV weight (> 0).
+    mu : float, optional
+        Gradient-splitting penalty (default ``100 λ`` as in FANSI).
+    mu_data : float
+        Data-splitting penalty (weights are normalised to mean 1).
+    max_iter, tol : int, float
+        ADMM iterations and relative update to stop at.
+    data_term : {"linear", "nonlinear"}
+        Field-domain least squares, or the complex exponential (needs ``phase_scale``).
+    phase_scale : float, optional
+        Phase per ppm (rad) of the nonlinear data term.
+    newton_iter : int
+        Newton steps of the nonlinear ``v`` update.
+    stats : dict, optional
+        Filled with the iteration count.
+
+    Returns
+    -------
+    ndarray of float32
+        χ (ppm), zero outside the mask.
+    """
+    field, mask, vs, b = _check_inputs(local_field, mask, voxel_size, b0_dir)
+    lam = _check_positive("lambda_", lambda_)
+    mu = 100.0 * lam if mu is None else _check_positive("mu", mu)
+    mu_d = _check_positive("mu_data", mu_data)
+    max_iter = _check_positive("max_iter", max_iter, integer=True)
+    tol = _check_positive("tol", tol)
+    newton_iter = _check_positive("newton_iter", newton_iter, integer=True)
+    a = _check_data_term(data_term, phase_scale)
+    a = None if a is None else np.float32(a)
+    grid, f, w, _ = _weighted_data(field, mask, vs, b, pad, workers, noise, magnitude)
+    m = grid.mask
+    w2 = w * w
+    reg = _gradient_reg(grid)
+    denom = np.float32(mu) * reg + np.float32(mu_d) * grid.d * grid.d
+    denom[0, 0, 0] = 1.0
+    inv_denom = (1.0 / denom).astype(np.float32)
+    inv_denom[0, 0, 0] = 0.0
+    del reg, denom
+    z = np.zeros((3,) + grid.shape, dtype=np.float32)
+    u = np.zeros_like(z)
+    v = f.copy()
+    uv = np.zeros_like(f)
+    chi = np.zeros_like(f)
+    g = np.empty_like(z)
+    thr = np.float32(lam / mu)
+    it = 0
+    for it in range(1, max_iter + 1):
+        xk = (grid.fft(np.float32(mu) * _pgrad_adj(z - u, vs)) + np.float32(mu_d) * grid.d * grid.fft(v - uv))
+        xk *= inv_denom
+        chi_new = grid.ifft(xk)
+        dchi = grid.ifft(xk * grid.d)
+        del xk
+        change = _norm(chi_new - chi) / max(_norm(chi_new), 1e-30)
+        chi = chi_new
+        _pgrad(chi, vs, out=g)
+        g += u
+        mag = np.sqrt((g * g).sum(axis=0))
+        scale = np.maximum(mag - thr, 0) / np.maximum(mag, np.float32(1e-12))
+        np.multiply(g, scale, out=z)
+        del mag, scale
+        u = g - z  # = u + ∇χ − z
+        y = dchi + uv
+        if data_term == "linear":
+            v = (w2 * f + np.float32(mu_d) * y) / (w2 + np.float32(mu_d))
+        else:
+            for _ in range(newton_iter):
+                ph = a * (v - f)
+                v = v - (w2 * np.sin(ph) / a + np.float32(mu_d) * (v - y)) / (w2 * np.cos(ph) + np.float32(mu_d))
+        uv = y - v  # = u_v + Dχ − v
+        del y, dchi
+        if it > 1 and change < tol:
+            break
+    if stats is not None:
+        stats.update({"iterations": it})
+    return grid.get(chi * m)
