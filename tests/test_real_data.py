@@ -55,6 +55,29 @@ def test_auto_finds_each_encoding_and_recovers_the_phase(demo_phase, name):
     assert np.abs(wrap(rad - demo_phase)).max() <= step / 2 + 2e-5
 
 
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_each_encoding_stored_as_nifti_loads_as_the_vendor_integers_do(demo_phase, small_phantom, tmp_path, name):
+    """Through NIfTI files and the loader node (dtype, header scaling): the same radians as int12.
+
+    The rest of the pipeline only sees these radians, so the same phase gives the same χ
+    (the scaled-float case is also run end to end below)."""
+    encode, expected = ENCODINGS[name]
+    phases = demo_phase[..., :2]
+    mag = np.ones(phases.shape, np.float32)
+    loaded = {}
+    for label, enc in (("reference", ENCODINGS["int12 integers"][0]), (name, encode)):
+        d = tmp_path / label.replace(" ", "_")
+        d.mkdir()
+        stored = enc(phases)
+        files = [_save(d / f"phase{e}.nii.gz", stored[..., e], small_phantom.affine) for e in range(2)]
+        mags = [_save(d / f"mag{e}.nii.gz", mag[..., e], small_phantom.affine) for e in range(2)]
+        res = LoadGRE(magnitude=mags, phase=files).run(cwd=str(d))
+        loaded[label] = (nib.load(res.outputs.phase).get_fdata(), res.outputs.phase_info)
+    ref, (got, info) = loaded["reference"][0], loaded[name]
+    assert info["PhaseUnits"] == expected and info["PhaseUnitsSource"].startswith("auto-detected")
+    assert np.abs(wrap(got - ref)).max() <= 2 * np.pi / 4096 + 1e-4  # int12's own quantisation
+
+
 def test_a_small_span_radians_image_is_refused_not_guessed(small_phantom):
     """Short TE, background zeroed: within ±π but far from 2π — not certain radians, not rescaled."""
     ph = small_phantom
@@ -391,3 +414,25 @@ def test_coverage_rule_and_tissue_mask(small_gre, small_phantom):
     assert np.array_equal(filled, user) and info["method_used"] == "user"
     with pytest.raises(ValueError, match="shape"):
         brain_mask(avg, (3, 3, 3), user_mask=user[1:])
+
+
+# --- QC rules catch what went wrong before ---------------------------------------------------------
+def test_qc_flags_a_flat_chi_map_and_a_misregistration(small_gre, small_phantom):
+    from qsmprep.qsm import qc
+
+    # the issue's first case: scaled floats read as radians gave χ ≈ 0 everywhere, rc 0
+    chi_true = small_phantom.chi * small_phantom.brain_mask
+    for scale, status in ((1.0, "pass"), (0.002, "warn"), (60.0, "warn")):
+        p01, p99 = qc.chi_percentiles(chi_true * scale, small_phantom.brain_mask)
+        assert qc.metric("chi_range_ppm", p99 - p01)["Status"] == status, (scale, p99 - p01)
+    avg = np.sqrt((np.abs(small_gre[0]) ** 2).sum(-1))
+    head = avg > 0.1 * np.percentile(avg, 99)
+    nmi, better = qc.registration_similarity(avg, avg, head, (3, 3, 3))
+    assert better is None and nmi > 1.5
+    nmi_off, better = qc.registration_similarity(avg, np.roll(avg, 2, axis=1), head, (3, 3, 3))
+    assert better == "-3 mm along axis j" and nmi_off < nmi
+    assert qc.metric("registration_similarity", nmi_off, better_shift=better)["Status"] == "warn"
+    # summarise: the worst status wins and every warning is listed with its metric
+    report = qc.summarise({"a": qc.metric("mask_fraction_fov", 0.5), "b": qc.metric("mask_fraction_fov", 0.02),
+                           "c": qc.metric("phase_jump_fraction", 0.2)})
+    assert report["Status"] == "fail" and [w.split(":")[0] for w in report["Warnings"]] == ["b", "c"]
