@@ -9,6 +9,8 @@ background-suppression bar of the issue is checked directly, by feeding the meth
 background field alone.
 """
 
+import inspect
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -155,3 +157,40 @@ def test_remove_background_validates_options():
     with pytest.raises(ValueError, match="non-finite"):
         bg.remove_background(bad, mask, (1, 1, 1), method="lbv")
     assert bg.method_parameters("pdf") >= {"tol", "max_iter", "pad", "detrend_order"}
+
+
+def _keyword_defaults(func):
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+@pytest.mark.parametrize("method", bg.METHODS)
+def test_default_parameters_are_the_signature_defaults(method):
+    """One source of each default: the method function's signature (detrend_order: remove_background's)."""
+    func = {"vsharp": bg.vsharp, "pdf": bg.pdf, "lbv": bg.lbv}[method]
+    expected = {k: v for k, v in _keyword_defaults(func).items() if k not in ("weights", "workers")}
+    expected["detrend_order"] = _keyword_defaults(bg.remove_background)["detrend_order"]
+    defaults = bg.default_parameters(method)
+    assert defaults == expected
+    assert set(defaults) == bg.method_parameters(method)
+    with pytest.raises(ValueError, match="unknown background removal method"):
+        bg.default_parameters("sharp")
+
+
+def test_vsharp_radius_defaults_are_those_of_vsharp_radii():
+    radii = _keyword_defaults(bg.vsharp_radii)
+    assert radii == {k: v for k, v in _keyword_defaults(bg.vsharp).items() if k in radii}
+
+
+@pytest.mark.parametrize("method", bg.METHODS)
+def test_remove_background_records_the_default_parameters(method):
+    n = (24, 24, 24)
+    x, y, z = np.meshgrid(*[np.arange(k) - k / 2 for k in n], indexing="ij")
+    mask = x**2 + y**2 + z**2 < 10**2
+    field = (0.01 * x + 0.002 * x * y).astype(np.float32)
+    _, _, info = bg.remove_background(field, mask, (1.0, 1.0, 1.0), method=method, radius_max_mm=4.0) \
+        if method == "vsharp" else bg.remove_background(field, mask, (1.0, 1.0, 1.0), method=method)
+    defaults = bg.default_parameters(method)
+    if method == "vsharp":
+        defaults["radius_max_mm"] = 4.0
+    assert {k: info[k] for k in defaults} == defaults

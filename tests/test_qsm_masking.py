@@ -1,5 +1,6 @@
 """Brain masking: BET-style surface, threshold fallback and phase-quality refinement."""
 
+import inspect
 import json
 
 import numpy as np
@@ -300,6 +301,41 @@ def test_brain_mask_info_and_validation(small_phantom, small_gre):
     with pytest.raises(ValueError, match="voxel_size"):
         brain_mask(mag, (1.0, 0.0, 1.0))
     assert set(masking.METHODS) == {"threshold", "bet", "none"}
+
+
+def _keyword_defaults(func):
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+@pytest.mark.parametrize("method", masking.METHODS)
+def test_default_parameters_are_the_signature_defaults(method):
+    """One source of each default: brain_mask's signature (refine, erode_mm) and the method function's."""
+    own = _keyword_defaults(brain_mask)
+    expected = {"refine": own["refine"], "erode_mm": own["erode_mm"]}
+    if method == "threshold":
+        expected.update(_keyword_defaults(threshold_mask))
+    elif method == "bet":
+        expected.update({k: v for k, v in _keyword_defaults(bet_mask).items() if k != "return_info"})
+    assert masking.default_parameters(method) == expected
+    assert set(masking.default_parameters("bet")) == {"refine", "erode_mm", "f", "g"}
+    with pytest.raises(ValueError, match="unknown masking method"):
+        masking.default_parameters("fsl")
+
+
+def test_pass_through_defaults_are_those_of_the_function_that_uses_them():
+    surface, mask = _keyword_defaults(bet_surface), _keyword_defaults(bet_mask)
+    assert {k: mask[k] for k in ("f", "g")} == {k: surface[k] for k in ("f", "g")}
+    refine, brain = _keyword_defaults(refine_mask), _keyword_defaults(brain_mask)
+    for name in ("quality_threshold", "noise_threshold", "noise_factor", "erode_mm"):
+        assert brain[name] == refine[name], name
+
+
+def test_brain_mask_records_the_default_parameters():
+    img, _, vs, _ = analytic_head()
+    _, _, info = brain_mask(img, vs, method="threshold")
+    defaults = masking.default_parameters("threshold")
+    assert {k: info[k] for k in ("refine", "erode_mm")} == {k: defaults[k] for k in ("refine", "erode_mm")}
 
 
 # --- the full-size phantom -----------------------------------------------------------------
