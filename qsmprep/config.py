@@ -8,8 +8,9 @@ and, per stage, into the sidecars of the outputs it made.
 
 Each processing stage is a :class:`Stage`: a named ``method`` (validated against
 :data:`METHODS`) plus method-specific ``params`` that are passed as keyword arguments
-to the pure function in :mod:`qsmprep.qsm`.  Defaults live in :data:`DEFAULT_STAGES`
-and nowhere else.
+to the pure function in :mod:`qsmprep.qsm`.  Default methods are in
+:data:`DEFAULT_METHODS`; the default *value* of every option is in the signature of the
+function that uses it, and nowhere else (:func:`method_defaults`).
 
 A preset looks like::
 
@@ -20,7 +21,6 @@ A preset looks like::
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,44 +41,106 @@ METHODS = {
     "reference": ("whole-brain", "csf", "roi", "none"),
 }
 
-#: Defaults: fast, robust methods for phase handling, and for the field-to-χ steps the pair
-#: validated best on the demo phantom through the whole pipeline: LBV + MEDI (MEDI is the
-#: lesion study's method).  On the 1 mm phantom LBV's local field gives every inversion a
-#: better χ than PDF's (MEDI voxel NRMSE 0.13 vs 0.39, iLSQR 0.51 vs 0.70, TV 0.35 vs 0.60;
-#: README, ``benchmarks/bench_pipeline.py``); PDF stays one preset line away.
-DEFAULT_STAGES = {
-    "phase_units": {"method": "auto", "params": {}},
-    "phase_offset": {"method": "none", "params": {}},
-    "unwrapping": {"method": "laplacian", "params": {}},
-    "combination": {"method": "linear", "params": {"intercept": True}},
-    "r2star": {"method": "loglinear", "params": {"r2star_max": 500.0}},
-    "echo_average": {"method": "rss", "params": {}},
-    "masking": {"method": "threshold", "params": {"refine": True, "erode_mm": 0.0}},
-    "background": {"method": "lbv", "params": {"tol": 1e-6, "max_iter": 200, "peel": 1}},
-    "inversion": {"method": "medi", "params": {"lambda_": 5e-4, "lambda_rule": "fixed", "edge_fraction": 0.3}},
-    "reference": {"method": "whole-brain", "params": {}},
+#: Default method of each stage: fast, robust methods for phase handling, and for the
+#: field-to-χ steps the pair validated best on the demo phantom through the whole pipeline:
+#: LBV + MEDI (MEDI is the lesion study's method).  On the 1 mm phantom LBV's local field
+#: gives every inversion a better χ than PDF's (MEDI voxel NRMSE 0.13 vs 0.39, iLSQR 0.51 vs
+#: 0.70, TV 0.35 vs 0.60; README, ``benchmarks/bench_pipeline.py``); PDF stays one preset
+#: line away.
+DEFAULT_METHODS = {
+    "phase_units": "auto", "phase_offset": "none", "unwrapping": "laplacian", "combination": "linear",
+    "r2star": "loglinear", "echo_average": "rss", "masking": "threshold", "background": "lbv",
+    "inversion": "medi", "reference": "whole-brain",
 }
 
-#: Parameters a method starts from when a preset switches a stage to it.
-METHOD_DEFAULTS = {
-    ("inversion", "tkd"): {"threshold": 0.19},
-    ("inversion", "tikhonov"): {"lambda_": 0.005, "lambda_rule": "fixed"},
-    ("inversion", "ilsqr"): {"tol": 0.01, "max_iter": 100},
-    ("inversion", "medi"): {"lambda_": 5e-4, "lambda_rule": "fixed", "edge_fraction": 0.3},
-    ("inversion", "medi+0"): {"lambda_": 5e-4, "lambda_rule": "fixed", "edge_fraction": 0.3},
-    ("inversion", "tv"): {"lambda_": 2e-4, "lambda_rule": "fixed"},
-    ("background", "vsharp"): {"radius_max_mm": 12.0},
-    ("background", "pdf"): {"tol": 1e-3, "max_iter": 200, "pad": 16},
-    ("background", "lbv"): {"tol": 1e-6, "max_iter": 200, "peel": 1},
-    ("r2star", "loglinear"): {"r2star_max": 500.0},
-    ("r2star", "arlo"): {"r2star_max": 500.0},
-    ("combination", "linear"): {"intercept": True},
-    ("combination", "nonlinear"): {"max_iter": 30},
-    ("combination", "per-echo"): {"intercept": True},
-    ("masking", "threshold"): {"refine": True, "erode_mm": 0.0},
-    ("masking", "bet"): {"f": 0.5, "g": 0.0, "refine": True, "erode_mm": 0.0},
-    ("masking", "none"): {"refine": False, "erode_mm": 0.0},
+#: The options the configuration lists for a method (and so ``dataset_description.json``
+#: and the ``QSMPipeline`` of every sidecar).  Only their *names* are here: each value is
+#: the default in the signature of the function that uses it (:func:`method_defaults`).
+#: Each stage's own sidecar keys list every option it ran with.
+LISTED_OPTIONS = {
+    ("inversion", "tkd"): ("threshold",),
+    ("inversion", "tikhonov"): ("lambda_", "lambda_rule"),
+    ("inversion", "ilsqr"): ("tol", "max_iter"),
+    ("inversion", "medi"): ("lambda_", "lambda_rule", "edge_fraction"),
+    ("inversion", "medi+0"): ("lambda_", "lambda_rule", "edge_fraction"),
+    ("inversion", "tv"): ("lambda_", "lambda_rule"),
+    ("background", "vsharp"): ("radius_max_mm",),
+    ("background", "pdf"): ("tol", "max_iter", "pad"),
+    ("background", "lbv"): ("tol", "max_iter", "peel"),
+    ("r2star", "loglinear"): ("r2star_max",),
+    ("r2star", "arlo"): ("r2star_max",),
+    ("combination", "linear"): ("intercept",),
+    ("combination", "nonlinear"): ("max_iter",),
+    ("combination", "per-echo"): ("intercept",),
+    ("masking", "threshold"): ("refine", "erode_mm"),
+    ("masking", "bet"): ("f", "g", "refine", "erode_mm"),
+    ("masking", "none"): ("refine", "erode_mm"),
 }
+
+#: Where the pipeline deliberately departs from a function's own default (a choice, not a
+#: copy): the functions leave the phase-quality refinement off, the pipeline refines the
+#: threshold and BET masks (README, "Algorithms and presets").
+PIPELINE_CHOICES = {
+    ("masking", "threshold"): {"refine": True},
+    ("masking", "bet"): {"refine": True},
+}
+
+
+def signature_defaults(stage, method):
+    """Every option of ``method`` with its default, read from the signature that owns it."""
+    from qsmprep.qsm import background, echoes, inversion, masking
+    from qsmprep.qsm._params import keyword_defaults
+
+    if stage == "inversion":
+        return inversion.default_parameters(method)
+    if stage == "background":
+        return background.default_parameters(method)
+    if stage == "masking":
+        return masking.default_parameters(method)
+    if stage == "r2star":
+        return keyword_defaults(echoes.r2star_map, exclude=("method", "mask"))
+    if stage == "combination":
+        func = echoes.fit_field_nonlinear if method == "nonlinear" else echoes.fit_field
+        return keyword_defaults(func, exclude=("method", "phase_wrapped", "mask", "init_slope", "init_offset"))
+    return {}
+
+
+def method_defaults(stage, method):
+    """The parameters a stage starts from with ``method``: :data:`LISTED_OPTIONS` with their
+    signature defaults, then :data:`PIPELINE_CHOICES`."""
+    names = LISTED_OPTIONS.get((stage, method), ())
+    if not names:
+        return {}
+    defaults = signature_defaults(stage, method)
+    missing = [n for n in names if n not in defaults]
+    if missing:  # a listed option without a default in its signature is a bug here
+        raise RuntimeError(f"{stage} {method}: no signature default for {missing}")
+    params = {n: defaults[n] for n in names}
+    params.update(PIPELINE_CHOICES.get((stage, method), {}))
+    return params
+
+
+class _MethodDefaults(dict):
+    """``METHOD_DEFAULTS[(stage, method)]``: :func:`method_defaults`, computed on first use
+    (importing the numerics is deferred until a configuration is built)."""
+
+    def __missing__(self, key):
+        value = self[key] = method_defaults(*key)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in LISTED_OPTIONS else default
+
+
+#: Parameters a method starts from when a preset switches a stage to it.
+METHOD_DEFAULTS = _MethodDefaults()
+
+
+def default_stages():
+    """``{stage: {"method", "params"}}`` of the default pipeline."""
+    return {stage: {"method": method, "params": method_defaults(stage, method)}
+            for stage, method in DEFAULT_METHODS.items()}
+
 
 ECHO_STRATEGIES = ("combined", "per-echo")
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
@@ -97,9 +159,7 @@ class WorkflowSettings:
     """Algorithm choices; every field is recorded in the outputs' sidecars."""
 
     #: Stage name -> :class:`Stage`; see :data:`METHODS` for the choices.
-    stages: dict = field(
-        default_factory=lambda: {k: Stage(**copy.deepcopy(v)) for k, v in DEFAULT_STAGES.items()}
-    )
+    stages: dict = field(default_factory=lambda: {k: Stage(**v) for k, v in default_stages().items()})
     #: Invert the echo-combined field ("combined") or each echo and average ("per-echo").
     echo_strategy: str = "combined"
     #: Zero padding (voxels per side) for FFT-based operators.

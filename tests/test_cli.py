@@ -8,7 +8,7 @@ from bidsutils import gre_file, make_tiny_bids
 from qsmprep import __version__
 from qsmprep.cli.parser import get_parser
 from qsmprep.cli.run import main
-from qsmprep.config import DEFAULT_STAGES, METHODS, Config, load_preset, mock_config
+from qsmprep.config import METHODS, Config, default_stages, load_preset, mock_config
 from qsmprep.errors import InputError
 
 
@@ -171,9 +171,9 @@ def test_bad_preset(tmp_path, capsys):
 def test_config_defaults_and_presets(tmp_path):
     cfg = Config()
     assert {k: s.method for k, s in cfg.workflow.stages.items()} == {
-        k: v["method"] for k, v in DEFAULT_STAGES.items()
+        k: v["method"] for k, v in default_stages().items()
     }
-    assert all(v["method"] in METHODS[k] for k, v in DEFAULT_STAGES.items())
+    assert all(v["method"] in METHODS[k] for k, v in default_stages().items())
     cfg = mock_config(inversion={"method": "tkd", "params": {"threshold": 0.25}}, unwrapping="skimage")
     assert cfg.workflow.stages["inversion"].params == {"threshold": 0.25}
     assert cfg.workflow.stages["unwrapping"].method == "skimage"
@@ -218,3 +218,28 @@ def test_plugin_args_validated(tmp_path, capsys):
     args = load_plugin_args(str(yml))
     assert args["max_jobs"] == 20
     assert sbatch_args(args) == "--exclusive --partition=short --time=01:00:00"
+
+
+def test_configuration_defaults_are_the_function_signatures():
+    """One source of each default: config lists option names; the values are the signatures'."""
+    import inspect
+
+    from qsmprep.config import LISTED_OPTIONS, METHOD_DEFAULTS, PIPELINE_CHOICES, signature_defaults
+    from qsmprep.qsm import echoes, inversion
+
+    for (stage, method), names in LISTED_OPTIONS.items():
+        assert method in METHODS[stage], (stage, method)
+        own = signature_defaults(stage, method)
+        choice = PIPELINE_CHOICES.get((stage, method), {})
+        assert METHOD_DEFAULTS[(stage, method)] == {n: choice.get(n, own[n]) for n in names}
+    # spot checks against the signatures themselves, not through the helpers
+    assert METHOD_DEFAULTS[("inversion", "tkd")]["threshold"] == inspect.signature(inversion.tkd).parameters[
+        "threshold"].default
+    assert METHOD_DEFAULTS[("inversion", "medi")]["lambda_"] == inspect.signature(inversion.medi).parameters[
+        "lambda_"].default
+    assert METHOD_DEFAULTS[("r2star", "arlo")]["r2star_max"] == inspect.signature(echoes.r2star_map).parameters[
+        "r2star_max"].default
+    # the pipeline's departures from a function default are explicit, and really departures
+    for (stage, method), params in PIPELINE_CHOICES.items():
+        own = signature_defaults(stage, method)
+        assert all(own[k] != v for k, v in params.items()), (stage, method, params)

@@ -69,6 +69,21 @@ def test_outputs_and_sidecars(demo):
         assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
         assert chi_meta["UnwrappingMethod"] == "laplacian" and chi_meta["EchoCombination"] == "linear"
         assert chi_meta["SkullStripped"] is True
+        # what the sidecars record is what the functions' signatures say (one source of defaults)
+        from qsmprep.config import PIPELINE_CHOICES, default_stages, signature_defaults
+
+        assert chi_meta["QSMPipeline"] == default_stages()
+        for stage, entry in chi_meta["QSMPipeline"].items():
+            own = signature_defaults(stage, entry["method"])
+            for name, value in entry["params"].items():
+                assert value == PIPELINE_CHOICES.get((stage, entry["method"]), {}).get(name, own[name])
+        used = chi_meta["DipoleInversionParameters"]
+        medi_defaults = signature_defaults("inversion", "medi")
+        assert all(used[k] == v for k, v in medi_defaults.items() if k in used and k != "lambda_")
+        assert used["lambda"] == medi_defaults["lambda_"]
+        lbv_defaults = signature_defaults("background", "lbv")
+        assert all(chi_meta["BackgroundRemovalParameters"][k] == v for k, v in lbv_defaults.items()
+                   if k in chi_meta["BackgroundRemovalParameters"])
         r2s = np.asarray(nib.load(anat / f"sub-{sub}_R2starmap.nii.gz").dataobj)
         t2s = np.asarray(nib.load(anat / f"sub-{sub}_T2starmap.nii.gz").dataobj)
         sel = r2s > 2  # T2* is capped at 0.5 s where R2* < 2/s
