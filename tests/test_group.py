@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage, odr, stats
 
+from qsmprep.analysis import agreement
 from qsmprep.analysis import group as g
+from qsmprep.analysis import qc as gqc
 from qsmprep.analysis.roi import ROISTATS_COLUMNS
+from qsmprep.analysis.summary import comparison_level, roi_by_group
 from qsmprep.cli.run import main
 
 # Bland & Altman, Lancet 1986, Table 1: peak expiratory flow rate (l/min), first readings of the
@@ -80,11 +83,11 @@ def test_ssim_equals_scikit_image():
     b = a + rng.normal(scale=0.02, size=a.shape)
     mean, full = structural_similarity(a, b, data_range=0.3, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False, full=True)
-    ours = g.ssim_map(a, b, data_range=0.3)
+    ours = agreement.ssim_map(a, b, data_range=0.3)
     assert np.allclose(ours, full, atol=1e-10)
     pad = 5  # skimage averages away from the border: (win_size - 1) // 2 with win_size 11
     assert ours[pad:-pad, pad:-pad, pad:-pad].mean() == pytest.approx(mean, abs=1e-10)
-    assert g.ssim_map(a, a, data_range=0.3) == pytest.approx(1.0)
+    assert agreement.ssim_map(a, a, data_range=0.3) == pytest.approx(1.0)
 
 
 def test_searchlight_matches_brute_force():
@@ -93,7 +96,7 @@ def test_searchlight_matches_brute_force():
     a, b = rng.normal(size=shape), rng.normal(size=shape)
     mask = np.zeros(shape, bool)
     mask[2:10, 1:10, 2:9] = True
-    rmse, ssim = g.searchlight_agreement(a, b, mask, vox, radius_mm=3.0, data_range=4.0)
+    rmse, ssim = agreement.searchlight_agreement(a, b, mask, vox, radius_mm=3.0, data_range=4.0)
     ii, jj, kk = np.indices(shape)
     c1, c2 = (0.01 * 4.0) ** 2, (0.03 * 4.0) ** 2
     for v in [(5, 5, 5), (2, 1, 2), (9, 9, 8)]:
@@ -157,7 +160,7 @@ def qc_doc(status="pass", *, mask_ml=1350.0, jumps=0.001, units="int12", raw=(0,
                                 "jumps; try --unwrapping romeo."},
     }
     warnings = [m["Message"] for m in metrics.values() if m["Status"] != "pass"]
-    worst = g.worst_status([m["Status"] for m in metrics.values()])
+    worst = gqc.worst_status([m["Status"] for m in metrics.values()])
     return {"Status": worst, "Warnings": warnings, "PhaseUnits": units, "PhaseUnitsSource": "auto-detected",
             "PhaseRawRange": list(raw), "Metrics": metrics}
 
@@ -360,11 +363,11 @@ def test_group_report_order_qc_then_roi_summary_then_plots(cohort):
 def test_comparison_level_and_roi_by_vendor(cohort):
     bids, out = cohort
     long = g.load_long_table(out, bids)
-    assert g.comparison_level(long) == "site"
+    assert comparison_level(long) == "site"
     one_site = long.assign(site="siteA")
-    assert g.comparison_level(one_site) == "vendor"
-    assert g.comparison_level(one_site.assign(vendor="GE")) == "site"
-    by_vendor = g.roi_by_group(one_site).set_index(["map", "roi_key", "group"])
+    assert comparison_level(one_site) == "vendor"
+    assert comparison_level(one_site.assign(vendor="GE")) == "site"
+    by_vendor = roi_by_group(one_site).set_index(["map", "roi_key", "group"])
     siemens = [v[0] for v in PUT_L.values()] + [0.095] + [v[1] for v in PUT_L.values()]
     row = by_vendor.loc[("chi", "putamen_L", "Siemens")]
     assert row["n_scans"] == 9 and row["mean"] == pytest.approx(np.mean(siemens))

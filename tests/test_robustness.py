@@ -239,16 +239,16 @@ def test_unwritable_folder_is_one_line(tmp_path, capsys, monkeypatch):
         finally:
             out.chmod(0o755)
         assert "output folder is not writable" in err and str(out) in err
-    import qsmprep.cli.run as run
+    import qsmprep.cli.checks as checks
 
-    real = run.tempfile.mkstemp
+    real = checks.tempfile.mkstemp
 
     def read_only(*args, dir=None, **kwargs):
         if dir is not None and Path(dir) == out:
             raise OSError(errno.EROFS, "Read-only file system", str(dir))
         return real(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(run.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(checks.tempfile, "mkstemp", read_only)
     err = _one_error_line([root, out, "participant", "-w", tmp_path / "w"], capsys)
     assert f"{out}: the output folder is not writable (Read-only file system)" in err
     assert not (tmp_path / "w" / "qsmprep_wf").exists()
@@ -283,7 +283,7 @@ def test_oserror_anywhere_is_one_line_naming_the_path(tmp_path, capsys, monkeypa
 
 
 def test_environment_errors_inside_nodes_are_one_line(tmp_path):
-    from qsmprep.cli.run import _environment_errors_from_crashes
+    from qsmprep.cli.errors import _environment_errors_from_crashes
 
     (tmp_path / "crash-1.txt").write_text(
         "Traceback (most recent call last):\n  File x\n"
@@ -491,7 +491,7 @@ def records():
     logging.getLogger("nipype").addHandler(handler)
     yield got
     logging.getLogger("nipype").removeHandler(handler)
-    from qsmprep.cli.run import _setup_logging
+    from qsmprep.cli.logs import _setup_logging
 
     _setup_logging(0)
 
@@ -504,7 +504,7 @@ def records():
 ])
 def test_verbosity_levels(records, verbosity, expected):
     from qsmprep.cli.progress import PROGRESS_LOGGER
-    from qsmprep.cli.run import _setup_logging
+    from qsmprep.cli.logs import _setup_logging
 
     _setup_logging(verbosity)
     wf = logging.getLogger("nipype.workflow")
@@ -577,7 +577,7 @@ def test_progress_deferred_lines_count_the_steps_started_in_the_same_pass():
 
 def test_progress_lines_show_by_default_and_go_through_nipype_workflow(records):
     from qsmprep.cli.progress import ProgressReporter
-    from qsmprep.cli.run import _setup_logging
+    from qsmprep.cli.logs import _setup_logging
 
     _setup_logging(0)
     rep = ProgressReporter({"01": 2})

@@ -1,4 +1,4 @@
-"""Group-level statistics on participant ROI tables and coregistered χ maps (pure numpy/scipy/pandas).
+"""Group-level statistics on participant ROI tables (pure numpy/pandas).
 
 What the ``group`` level computes (``qsmprep bids out group``, written by
 :mod:`qsmprep.reports.group`):
@@ -22,11 +22,10 @@ What the ``group`` level computes (``qsmprep bids out group``, written by
   Bland–Altman mean difference (second − first) and 95% limits of agreement
   (mean ± 1.96 SD; Bland & Altman 1986), orthogonal / Deming regression (Deming 1943;
   Linnet 1993) and Pearson r; also pooled over all ROIs (``roi = all``).
-* **Voxel-wise agreement** of two coregistered χ maps: RMSE and SSIM (Wang et al. 2004) inside
-  the joint mask, globally and as searchlight maps in a sphere (default 3 mm radius).
-* **QC table** — one row per acquisition from its ``*_desc-qc_metrics.json`` (status, warnings,
-  phase units, one column per metric value; :func:`qc_table`), and ROI means ± SD per site (or
-  per vendor when there is one site) for the pivoted summary of the report (:func:`roi_by_group`).
+
+Elsewhere: the voxel-wise agreement of coregistered χ maps (:mod:`qsmprep.analysis.agreement`),
+the QC table (:mod:`qsmprep.analysis.qc`) and the ROI means by site or vendor of the report
+(:mod:`qsmprep.analysis.summary`).
 """
 
 from __future__ import annotations
@@ -38,12 +37,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 #: entity order of qsmprep file names
 ENTITY_KEYS = ("sub", "ses", "acq", "run")
 SCAN_COLUMNS = ("participant_id", "session", "acq", "run", "scan", "site", "vendor", "age", "sex")
-_QC_RE = re.compile(r"^(?P<prefix>sub-[^_]+(?:_ses-[^_]+)?(?:_acq-[^_]+)?(?:_run-[^_]+)?)_desc-qc_metrics\.json$")
 _ROISTATS_RE = re.compile(r"^(?P<prefix>sub-[^_]+(?:_ses-[^_]+)?(?:_acq-[^_]+)?(?:_run-[^_]+)?)"
                           r"(?:_space-[^_]+)?_desc-(?P<atlas>[^_]+)_roistats\.tsv$")
 
@@ -121,94 +118,6 @@ def pooled_sd(groups):
             num += (v.size - 1) * v.var(ddof=1)
             den += v.size - 1
     return math.sqrt(num / den) if den else math.nan
-
-
-# ----------------------------------------------------------------------------- SSIM, RMSE
-
-def ssim_map(a, b, *, data_range, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
-    """Structural similarity map (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004;13:600–612).
-
-    Gaussian-weighted local statistics (σ = 1.5 voxels, as in the paper), population
-    (co)variances, ``C1 = (k1·L)²``, ``C2 = (k2·L)²`` with ``L = data_range``.  Equal to
-    ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, full=True)`` (tested).
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
-
-    def blur(img):
-        return ndimage.gaussian_filter(img, sigma=sigma, truncate=truncate, mode="reflect")
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a * mu_a
-    var_b = blur(b * b) - mu_b * mu_b
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-
-
-def ball(radius_mm, voxel_size):
-    """Boolean sphere footprint of ``radius_mm`` for anisotropic voxels (centre included)."""
-    vs = np.asarray(voxel_size, dtype=float)[:3]
-    half = np.floor(radius_mm / vs + 1e-9).astype(int)
-    grids = np.meshgrid(*[np.arange(-h, h + 1) * v for h, v in zip(half, vs)], indexing="ij")
-    return sum(g * g for g in grids) <= radius_mm ** 2 + 1e-9
-
-
-def searchlight_agreement(a, b, mask, voxel_size, *, radius_mm=3.0, data_range, k1=0.01, k2=0.03):
-    """Local RMSE and SSIM of two maps in a sphere of ``radius_mm`` around every mask voxel.
-
-    Only voxels inside ``mask`` enter a sphere's statistics (uniform weights, population
-    moments), so the brain edge does not mix in the zeros outside the brain.  Returns
-    ``(rmse_map, ssim_map)``, NaN outside the mask.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool) & np.isfinite(a) & np.isfinite(b)
-    a = np.where(m, a, 0.0)
-    b = np.where(m, b, 0.0)
-    fp = ball(radius_mm, voxel_size).astype(np.float64)
-
-    def local_sum(img):
-        return ndimage.convolve(img, fp, mode="constant", cval=0.0)
-
-    count = local_sum(m.astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inv = np.where(count > 0, 1.0 / count, np.nan)
-        mse = local_sum((a - b) ** 2) * inv
-        mu_a, mu_b = local_sum(a) * inv, local_sum(b) * inv
-        var_a = local_sum(a * a) * inv - mu_a ** 2
-        var_b = local_sum(b * b) * inv - mu_b ** 2
-        cov = local_sum(a * b) * inv - mu_a * mu_b
-        c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-        ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    rmse = np.sqrt(np.maximum(mse, 0.0))
-    rmse[~m] = np.nan
-    ssim[~m] = np.nan
-    return rmse.astype(np.float32), ssim.astype(np.float32)
-
-
-def voxelwise_agreement(a, b, mask, voxel_size, *, window=(-0.1, 0.2), radius_mm=3.0):
-    """Global RMSE and SSIM of two coregistered χ maps inside ``mask``, plus searchlight maps.
-
-    χ is clipped to ``window`` (ppm) before SSIM so that veins, calcifications and the odd
-    edge voxel do not set the dynamic range; ``data_range = window[1] − window[0]``.  The
-    global SSIM is the mean of the Gaussian SSIM map over the mask; RMSE is on unclipped χ.
-    """
-    m = np.asarray(mask, dtype=bool) & np.isfinite(a) & np.isfinite(b)
-    if not m.any():
-        raise ValueError("the two maps share no voxel inside the mask")
-    lo, hi = window
-    ac = np.clip(np.where(m, a, 0.0), lo, hi)
-    bc = np.clip(np.where(m, b, 0.0), lo, hi)
-    data_range = hi - lo
-    smap = ssim_map(ac, bc, data_range=data_range)
-    rmse_g = float(np.sqrt(np.mean((np.asarray(a, float)[m] - np.asarray(b, float)[m]) ** 2)))
-    rmse_sl, ssim_sl = searchlight_agreement(ac, bc, m, voxel_size, radius_mm=radius_mm, data_range=data_range)
-    return {"n_voxels": int(m.sum()), "rmse": rmse_g, "ssim": float(smap[m].mean()),
-            "rmse_searchlight": rmse_sl, "ssim_searchlight": ssim_sl, "data_range": data_range}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -479,215 +388,3 @@ def paired_reproducibility(long, stat="mean", delta=1.0):
                          "deming_slope": dem["slope"], "deming_intercept": dem["intercept"],
                          "pearson_r": pearson_r(a, b)})
     return pd.DataFrame(rows, columns=list(REPRO_COLUMNS)), pts
-
-
-# ----------------------------------------------------------------------------- ROI means by site/vendor
-
-def comparison_level(long):
-    """``site`` when the scans come from more than one site, else ``vendor`` when from more than one
-    vendor, else ``site`` (a single column)."""
-    for level in ("site", "vendor"):
-        if level in long and long[level].astype(str).nunique() > 1:
-            return level
-    return "site"
-
-
-def roi_label(row):
-    """``putamen (L)`` / ``Brainstem``: the region with its hemisphere, for tables and plots."""
-    name = row["roi"] if _present(row.get("roi")) else row["name"]
-    hemi = row["hemisphere"] if _present(row.get("hemisphere")) else ""
-    return f"{name} ({hemi})" if hemi else str(name)
-
-
-def roi_by_group(long, by=None, stat="mean"):
-    """ROI ``stat`` per atlas, map, ROI and group (site or vendor, :func:`comparison_level`):
-    n scans, mean and SD (ddof 1) of the scans' ROI values, plus an ``all`` group.
-
-    Returns a long table (``atlas, map, units, roi_key, region, level, group, n_scans, mean, sd``)
-    that the report pivots into one row per region and one column per group and map.
-    """
-    import pandas as pd
-
-    columns = ["atlas", "map", "units", "roi_key", "region", "level", "group", "n_scans", "mean", "sd"]
-    if long.empty:
-        return pd.DataFrame(columns=columns)
-    by = by or comparison_level(long)
-    data = long.dropna(subset=[stat]).copy()
-    data["_group"] = data[by].astype(str)
-    rows = []
-    for (atlas, mapname, roi), grp in data.groupby(["atlas", "map", "roi_key"], sort=True):
-        first = grp.iloc[0]
-        units = str(first["units"]) if "units" in grp and _present(first.get("units")) else ""
-        base = {"atlas": atlas, "map": mapname, "units": units, "roi_key": roi, "region": roi_label(first),
-                "level": by}
-        parts = list(grp.groupby("_group", sort=True))
-        if len(parts) > 1:
-            parts.append(("all", grp))
-        for group, sub in parts:
-            v = sub[stat].to_numpy(float)
-            rows.append({**base, "group": group, "n_scans": int(v.size), "mean": float(v.mean()),
-                         "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan})
-    return pd.DataFrame(rows, columns=columns)
-
-
-# ----------------------------------------------------------------------------- QC metrics
-
-#: QC statuses, best first
-QC_STATUSES = ("pass", "warn", "fail")
-#: the metrics of ``*_desc-qc_metrics.json`` in the order tables show them, with a readable name
-QC_METRICS = {
-    "phase_units": "Phase units",
-    "phase_raw_range": "Raw phase range",
-    "mask_volume_ml": "Brain mask volume",
-    "mask_fraction_fov": "Mask fraction of the field of view",
-    "partial_coverage": "Partial brain coverage",
-    "mask_source": "Mask source",
-    "mask_refinement_removed_fraction": "Removed by mask refinement",
-    "field_residual_over_noise": "Field residual / noise",
-    "phase_jump_fraction": "Residual phase jumps",
-    "chi_p01": "χ 1st percentile",
-    "chi_p99": "χ 99th percentile",
-    "chi_range_ppm": "χ 1st–99th percentile range",
-    "reference_offset_ppm": "χ reference offset",
-    "registration_similarity": "Registration similarity",
-}
-QC_ID_COLUMNS = ("subject", "session", "acquisition", "run", "scan", "status", "n_warnings", "warnings",
-                 "phase_units", "phase_units_source")
-QC_NOT_AVAILABLE = "QC metrics not available"
-
-
-def worst_status(statuses):
-    """The worst of ``pass`` < ``warn`` < ``fail`` among ``statuses`` (others ignored); ``n/a`` if none."""
-    ranked = [QC_STATUSES.index(s) for s in statuses if s in QC_STATUSES]
-    return QC_STATUSES[max(ranked)] if ranked else "n/a"
-
-
-def normalise_qc(raw):
-    """A ``*_desc-qc_metrics.json`` document checked and completed.
-
-    Every metric gets ``Value``, ``Units``, ``Status`` (``pass``/``warn``/``fail``/``n/a``),
-    ``Threshold``, ``Description`` and ``Message``; the overall ``Status`` is never better than
-    the worst metric; a metric that warns or fails without a sentence in ``Warnings`` (one that
-    contains its ``Message``, e.g. ``"<name>: <message>"``) adds its ``Message`` there, so
-    nothing that is not ``pass`` goes unsaid.
-    """
-    if not isinstance(raw, dict):
-        raise ValueError("the QC document is not a JSON object")
-    metrics = {}
-    for name, m in (raw.get("Metrics") or {}).items():
-        m = m if isinstance(m, dict) else {"Value": m}
-        status = str(m.get("Status", "n/a")).lower()
-        metrics[str(name)] = {"Value": m.get("Value"), "Units": m.get("Units"),
-                              "Status": status if status in QC_STATUSES else "n/a",
-                              "Threshold": m.get("Threshold") or "", "Description": m.get("Description") or "",
-                              "Message": m.get("Message") or ""}
-    warnings = [str(w) for w in (raw.get("Warnings") or []) if str(w).strip()]
-    for name, m in metrics.items():
-        if m["Status"] in ("warn", "fail") and m["Message"] and not any(m["Message"] in w for w in warnings):
-            warnings.append(m["Message"])
-    stated = str(raw.get("Status", "")).lower()
-    status = worst_status([stated, *(m["Status"] for m in metrics.values())])
-    if status in ("pass", "n/a") and warnings:
-        status = "warn"
-    rng = raw.get("PhaseRawRange")
-    return {"Status": status, "Warnings": warnings, "PhaseUnits": raw.get("PhaseUnits"),
-            "PhaseUnitsSource": raw.get("PhaseUnitsSource"),
-            "PhaseRawRange": list(rng) if isinstance(rng, (list, tuple)) else None, "Metrics": metrics}
-
-
-def read_qc(path):
-    """``(qc, problem)`` of one ``*_desc-qc_metrics.json``: the normalised document and None, or
-    None and a sentence saying why there is none (missing file — a run made before qsmprep wrote
-    QC metrics — or an unreadable one)."""
-    path = Path(path)
-    if not path.is_file():
-        return None, f"{QC_NOT_AVAILABLE} (no {path.name}; written by a qsmprep version without QC metrics, " \
-                     "or the acquisition did not finish)"
-    try:
-        return normalise_qc(json.loads(path.read_text())), None
-    except (OSError, ValueError) as exc:
-        return None, f"{QC_NOT_AVAILABLE}: {path.name} could not be read ({exc})"
-
-
-def qc_counts(qc):
-    """``(n_warn, n_fail)``: metrics that warn / fail (warnings not tied to a metric count as warn)."""
-    if qc is None:
-        return 0, 0
-    statuses = [m["Status"] for m in qc["Metrics"].values()]
-    n_warn, n_fail = statuses.count("warn"), statuses.count("fail")
-    n_warn += max(0, len(qc["Warnings"]) - n_warn - n_fail)
-    return n_warn, n_fail
-
-
-def parse_qc_name(path):
-    """Entities of a ``*_desc-qc_metrics.json`` file name (None if not one)."""
-    match = _QC_RE.match(Path(path).name)
-    if not match:
-        return None
-    ents = dict(part.split("-", 1) for part in match.group("prefix").split("_"))
-    return {"subject": ents["sub"], "session": ents.get("ses", "n/a"), "acquisition": ents.get("acq", "n/a"),
-            "run": ents.get("run", "n/a"), "scan": match.group("prefix")}
-
-
-def load_qc(out_dir, participant_label=None, scans=()):
-    """``[(entities, qc, problem)]`` for every ``sub-*/**/*_desc-qc_metrics.json`` under ``out_dir``
-    and every scan of ``scans`` (prefixes, e.g. those with ROI tables) that has none."""
-    out_dir = Path(out_dir)
-    found = {}
-    for path in sorted(out_dir.glob("sub-*/**/*_desc-qc_metrics.json")):
-        info = parse_qc_name(path)
-        if info is None or (participant_label and info["subject"] not in participant_label):
-            continue
-        qc, problem = read_qc(path)
-        found[info["scan"]] = (info, qc, problem)
-    for scan in scans:
-        if scan in found:
-            continue
-        ents = dict(part.split("-", 1) for part in str(scan).split("_") if "-" in part)
-        info = {"subject": ents.get("sub", "n/a"), "session": ents.get("ses", "n/a"),
-                "acquisition": ents.get("acq", "n/a"), "run": ents.get("run", "n/a"), "scan": str(scan)}
-        folder = out_dir / f"sub-{info['subject']}"
-        if info["session"] != "n/a":
-            folder = folder / f"ses-{info['session']}"
-        found[scan] = (info, *read_qc(folder / "anat" / f"{scan}_desc-qc_metrics.json"))
-    return [found[k] for k in sorted(found)]
-
-
-def _qc_cell(value):
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return value
-
-
-def qc_table(entries):
-    """One row per acquisition (``group/qc.tsv``): entities, ``status``, ``n_warnings``, the
-    ``warnings`` joined by `` | ``, the phase units and their source, one column per metric value
-    (known metrics in :data:`QC_METRICS` order, then any others alphabetically; the
-    ``phase_units`` metric is the ``phase_units`` column).  Lists are written as JSON."""
-    import pandas as pd
-
-    names = []
-    for _, qc, _ in entries:
-        for name in (qc or {}).get("Metrics", {}):
-            if name not in names:
-                names.append(name)
-    known = [n for n in QC_METRICS if n in names and n not in QC_ID_COLUMNS]
-    names = known + sorted(n for n in names if n not in QC_METRICS and n not in QC_ID_COLUMNS)
-    rows = []
-    for info, qc, problem in entries:
-        row = {k: info.get(k, "n/a") for k in ("subject", "session", "acquisition", "run", "scan")}
-        if qc is None:
-            row.update(status="n/a", n_warnings=0, warnings=problem or QC_NOT_AVAILABLE, phase_units="n/a",
-                       phase_units_source="n/a")
-        else:
-            units = qc["PhaseUnits"]
-            if units is None and "phase_units" in qc["Metrics"]:  # the metric of the same name, else n/a
-                units = qc["Metrics"]["phase_units"]["Value"]
-            row.update(status=qc["Status"], n_warnings=len(qc["Warnings"]), warnings=" | ".join(qc["Warnings"]),
-                       phase_units=units if units is not None else "n/a",
-                       phase_units_source=qc["PhaseUnitsSource"] if qc["PhaseUnitsSource"] is not None else "n/a")
-        for name in names:
-            metric = (qc or {}).get("Metrics", {}).get(name)
-            row[name] = _qc_cell(metric["Value"]) if metric else None
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*QC_ID_COLUMNS, *names])

@@ -139,7 +139,7 @@ def phase_units_used(out_dir, records):
     ``PhaseRawRange``), else from its ``*_Chimap.json`` sidecar (same keys); ``units`` is None
     when neither records it (derivatives of an older run, or an acquisition that failed early).
     """
-    from qsmprep.analysis.group import read_qc
+    from qsmprep.analysis.qc import read_qc
     from qsmprep.bids import derivative_path
 
     found = []

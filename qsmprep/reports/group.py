@@ -23,7 +23,9 @@ sex; writes everything under ``out/group/``:
 header), then the figures; the long tables are linked as TSV files, not printed.  ROI plots
 draw a box for a group of at least three scans and the points with their mean otherwise.
 
-Statistics are defined in :mod:`qsmprep.analysis.group`.
+Statistics are defined in :mod:`qsmprep.analysis.group`, the voxel-wise agreement in
+:mod:`qsmprep.analysis.agreement`, the QC table in :mod:`qsmprep.analysis.qc` and the ROI means
+by site or vendor in :mod:`qsmprep.analysis.summary`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from qsmprep.analysis import group as gstats
+from qsmprep.analysis.agreement import voxelwise_agreement
+from qsmprep.analysis.qc import QC_ID_COLUMNS, QC_METRICS, QC_NOT_AVAILABLE, load_qc, qc_table
+from qsmprep.analysis.summary import comparison_level, roi_by_group
 from qsmprep.errors import InputError
 from qsmprep.reports import figures
 from qsmprep.reports.html import badge, esc, img, page, status_class
@@ -106,7 +111,7 @@ def voxelwise_pairs(out_dir, long, radius_mm=3.0):
             row.update(space=space, status="the two χ maps do not overlap")
             rows.append(row)
             continue
-        res = gstats.voxelwise_agreement(a, b, mask, ia.header.get_zooms()[:3], radius_mm=radius_mm)
+        res = voxelwise_agreement(a, b, mask, ia.header.get_zooms()[:3], radius_mm=radius_mm)
         vdir.mkdir(parents=True, exist_ok=True)
         stem = f"{scan_a}_vs_{scan_b.split('_', 1)[1] if '_' in scan_b else scan_b}_space-{space}"
         for stat in ("rmse", "ssim"):
@@ -130,13 +135,13 @@ def _qc_section(entries, qc_df):
             "<a href=\"qc.tsv\">qc.tsv</a>.</p>")
     if not entries:
         return "<h2 id=\"qc\">Quality control</h2><p class=\"warn\">No acquisition found.</p>"
-    metric_names = [c for c in qc_df.columns if c not in gstats.QC_ID_COLUMNS]
+    metric_names = [c for c in qc_df.columns if c not in QC_ID_COLUMNS]
     units = {}
     for _, qc, _ in entries:
         for name, m in (qc or {}).get("Metrics", {}).items():
             units.setdefault(name, m.get("Units"))
     header = "".join(f"<th class=\"t\">{esc(c)}</th>" for c in ("scan", "status", "warnings", "phase units"))
-    header += "".join(f"<th title=\"{esc(gstats.QC_METRICS.get(n, n))}\">{esc(n)}"
+    header += "".join(f"<th title=\"{esc(QC_METRICS.get(n, n))}\">{esc(n)}"
                       + (f" ({esc(units[n])})" if units.get(n) else "") + "</th>" for n in metric_names)
     rows = []
     order = {"fail": 0, "warn": 1, "n/a": 2, "pass": 3}
@@ -144,7 +149,7 @@ def _qc_section(entries, qc_df):
                                                            e[0]["scan"])):
         status = qc["Status"] if qc else "n/a"
         row_cls = status_class(status) if qc else "warn"
-        warnings = qc["Warnings"] if qc else [problem or gstats.QC_NOT_AVAILABLE]
+        warnings = qc["Warnings"] if qc else [problem or QC_NOT_AVAILABLE]
         cells = [f"<td class=\"t\">{esc(info['scan'])}</td>",
                  f"<td class=\"t\">{badge(status) if qc else badge('warn', 'QC N/A')}</td>",
                  "<td class=\"t\">" + "<br>".join(esc(w) for w in warnings) + "</td>",
@@ -230,13 +235,13 @@ def _qc_only_group(out_dir, participant_label):
     """The group level of a run without ROI tables: ``qc.tsv`` and a report with the QC table."""
     from qsmprep.interfaces.derivatives import atomic_write_text
 
-    qc_entries = gstats.load_qc(out_dir, participant_label)
+    qc_entries = load_qc(out_dir, participant_label)
     if not qc_entries:
         raise InputError("no *_desc-qc_metrics.json or *_desc-<atlas>_roistats.tsv under sub-*/: run the "
                          "participant level first", path=out_dir)
     gdir = out_dir / "group"
     gdir.mkdir(parents=True, exist_ok=True)
-    qc_df = gstats.qc_table(qc_entries)
+    qc_df = qc_table(qc_entries)
     _write_tsv(qc_df, gdir / "qc.tsv")
     note = ("<p>No ROI tables (<code>*_desc-&lt;atlas&gt;_roistats.tsv</code>): the participant level writes them "
             "when a T1w and <code>--segmentation-dir</code> or <code>--template</code>/<code>--atlas</code> are "
@@ -262,16 +267,16 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
     bsd = gstats.between_subject_sd(long)
     repro, points = gstats.paired_reproducibility(long)
     voxel = voxelwise_pairs(out_dir, long, radius_mm=radius_mm)
-    qc_entries = gstats.load_qc(out_dir, participant_label, scans=sorted(long["scan"].unique()))
-    qc_df = gstats.qc_table(qc_entries)
+    qc_entries = load_qc(out_dir, participant_label, scans=sorted(long["scan"].unique()))
+    qc_df = qc_table(qc_entries)
     tables = {"qc": qc_df, "roistats_long": long.drop(columns=["roi_key"]), "roistats_wide": wide,
               "roi_summary": summary, "between_subject_sd": bsd, "reproducibility": repro,
               "reproducibility_points": points, "voxelwise_agreement": voxel}
     for name, df in tables.items():
         _write_tsv(df, gdir / f"{name}.tsv")
 
-    by = gstats.comparison_level(long)
-    by_group = gstats.roi_by_group(long, by=by)
+    by = comparison_level(long)
+    by_group = roi_by_group(long, by=by)
     n_scans, n_part = long["scan"].nunique(), long["participant_id"].nunique()
     sections = [_qc_section(qc_entries, qc_df)]
     sections.append(f"<p>{n_part} participant(s), {n_scans} scan(s), atlases: "

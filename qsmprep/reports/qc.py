@@ -1,7 +1,7 @@
 """The QC block that opens every report: per acquisition a status badge, the warnings, the phase
 units used and the table of QC metrics (from ``<prefix>_desc-qc_metrics.json``).
 
-Reading and checking the JSON documents is in :mod:`qsmprep.analysis.group` (``read_qc``,
+Reading and checking the JSON documents is in :mod:`qsmprep.analysis.qc` (``read_qc``,
 ``normalise_qc``), shared with the group level's ``qc.tsv``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from qsmprep.analysis.group import QC_METRICS, QC_NOT_AVAILABLE, qc_counts, read_qc
+from qsmprep.analysis.qc import QC_METRICS, QC_NOT_AVAILABLE, qc_counts, read_qc
 from qsmprep.reports.html import badge, esc, status_class
 
 __all__ = ["qc_path", "load_acquisition_qc", "format_value", "phase_units_text", "acquisition_block",
@@ -26,7 +26,7 @@ def qc_path(out_dir, entities):
 
 
 def load_acquisition_qc(out_dir, rec):
-    """``(qc, problem)`` of one acquisition record (see :func:`qsmprep.analysis.group.read_qc`)."""
+    """``(qc, problem)`` of one acquisition record (see :func:`qsmprep.analysis.qc.read_qc`)."""
     return read_qc(qc_path(out_dir, rec.entities))
 
 
