@@ -46,10 +46,8 @@ def main(argv=None):
         apply_transforms, brain_extract_t1w, read_affine, register, rigid_error, write_dilated_mask,
     )
     from qsmprep.analysis.roi import roi_statistics
-    from qsmprep.demo import (
-        BRAIN_LABELS, DEEP_GREY_LABELS, _head_coords, _labels_at, _rotation, _subject_variation, make_phantom,
-        render_t1w, simulate_gre,
-    )
+    from qsmprep.demo import BRAIN_LABELS, DEEP_GREY_LABELS, make_phantom, render_t1w, simulate_gre
+    from qsmprep.demo.anatomy import _head_coords, _labels_at, _rotation, _subject_variation
 
     motion = (6.0, 0.0, 0.0, 0.0, 4.0, 0.0)
     root = Path(tempfile.mkdtemp(prefix="qsmprep-bench-reg-"))

@@ -16,9 +16,10 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from qsmprep.demo import (
-    BRAIN_LABELS, DEEP_GREY_LABELS, DEMO_LABELS, SKULL_AND_AIR_LABELS, _subject_variation, dipole_field,
-    make_phantom, render_t1w, write_demo_dataset,
+    BRAIN_LABELS, DEEP_GREY_LABELS, DEMO_LABELS, SKULL_AND_AIR_LABELS, dipole_field, make_phantom, render_t1w,
+    write_demo_dataset,
 )
+from qsmprep.demo.anatomy import _subject_variation
 from qsmprep.qsm.kernels import GAMMA_BAR_MHZ_PER_T
 
 SMALL_TES = (0.004, 0.009, 0.014, 0.019)

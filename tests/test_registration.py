@@ -15,7 +15,7 @@ BRAIN_BOX = np.array([[x, y, z] for x in (-60, 60) for y in (-80, 80) for z in (
 
 def t1w_labels(size, seed, motion, affine, shape):
     """Ground-truth labels of the demo head rendered on a T1w grid moved by ``motion``."""
-    from qsmprep.demo import _head_coords, _labels_at, _rotation, _subject_variation
+    from qsmprep.demo.anatomy import _head_coords, _labels_at, _rotation, _subject_variation
 
     (rot, shift), _ = _subject_variation(seed)
     if motion is not None:
@@ -26,7 +26,7 @@ def t1w_labels(size, seed, motion, affine, shape):
 
 def true_t1w_to_gre(motion):
     """World matrix mapping T1w points to GRE points (the ITK direction of from-GRE_to-T1w)."""
-    from qsmprep.demo import _rotation
+    from qsmprep.demo.anatomy import _rotation
 
     m_rot = _rotation(*motion[:3])
     out = np.eye(4)
@@ -59,7 +59,7 @@ def small_pair(tmp_path_factory, small_phantom, small_gre):
 
 
 def test_affine_file_round_trip(tmp_path):
-    from qsmprep.demo import _rotation
+    from qsmprep.demo.anatomy import _rotation
 
     mat = np.eye(4)
     mat[:3, :3] = _rotation(5.0, -3.0, 10.0) @ np.diag([1.02, 0.98, 1.0])
@@ -71,7 +71,7 @@ def test_affine_file_round_trip(tmp_path):
 
 
 def test_rigid_error_measures():
-    from qsmprep.demo import _rotation
+    from qsmprep.demo.anatomy import _rotation
 
     a = np.eye(4)
     b = np.eye(4)

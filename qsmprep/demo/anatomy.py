@@ -1,0 +1,225 @@
+"""The demo head phantom's anatomy: labels and their tissue values, the analytic geometry in
+world coordinates (mm, RAS+), grids, and the :class:`Phantom` record (see :mod:`qsmprep.demo`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: label -> (name, hemisphere, χ ppm, R2* 1/s)
+DEMO_LABELS = {
+    0: ("air", "", 9.4, 0.0),
+    1: ("scalp", "", 0.3, 30.0),
+    2: ("skull", "", -2.0, 300.0),
+    3: ("sinus air", "", 9.4, 0.0),
+    4: ("CSF", "", 0.0, 4.0),
+    5: ("grey matter", "", 0.02, 17.0),
+    6: ("white matter", "", -0.03, 21.0),
+    7: ("lateral ventricle", "L", 0.0, 4.0),
+    8: ("lateral ventricle", "R", 0.0, 4.0),
+    11: ("caudate", "L", 0.07, 25.0),
+    12: ("caudate", "R", 0.07, 25.0),
+    13: ("putamen", "L", 0.06, 28.0),
+    14: ("putamen", "R", 0.06, 28.0),
+    15: ("globus pallidus", "L", 0.17, 40.0),
+    16: ("globus pallidus", "R", 0.17, 40.0),
+    17: ("thalamus", "L", 0.03, 20.0),
+    18: ("thalamus", "R", 0.03, 20.0),
+    19: ("red nucleus", "L", 0.12, 32.0),
+    20: ("red nucleus", "R", 0.12, 32.0),
+    21: ("substantia nigra", "L", 0.14, 42.0),
+    22: ("substantia nigra", "R", 0.14, 42.0),
+    30: ("vein", "", 0.35, 40.0),
+    31: ("calcification", "", -0.3, 200.0),
+}
+DEEP_GREY_LABELS = list(range(11, 23))
+
+
+def label_name(label):
+    """``"caudate L"``-style display name of a demo label."""
+    name, hemi = DEMO_LABELS[label][:2]
+    return f"{name} {hemi}".strip()
+
+
+BRAIN_LABELS = (4, 5, 6, 7, 8, *DEEP_GREY_LABELS, 30, 31)
+SKULL_AND_AIR_LABELS = (0, 2, 3)
+#: proton density (GRE M0) and T1w intensity per label
+_M0 = {0: 0.0, 1: 0.9, 2: 0.05, 3: 0.0, 4: 1.0, 5: 0.8, 6: 0.7, 7: 1.0, 8: 1.0, 30: 0.5, 31: 0.2}
+_T1W = {0: 0.0, 1: 0.8, 2: 0.05, 3: 0.0, 4: 0.15, 5: 0.6, 6: 0.9, 7: 0.15, 8: 0.15, 30: 0.4, 31: 0.1}
+for _lab in DEEP_GREY_LABELS:
+    _M0[_lab] = 0.72 if _lab < 19 else 0.66
+    _T1W[_lab] = 0.7
+
+#: grids: (voxel size mm, GRE matrix, echo times s, T1w voxel size mm)
+SIZES = {
+    "small": (3.0, (72, 72, 48), (0.004, 0.009, 0.014, 0.019), 2.0),
+    "full": (1.0, (224, 224, 144), tuple(0.004 + 0.004 * i for i in range(8)), 1.0),
+}
+B0 = 3.0
+TR, FLIP = 0.035, 15.0
+
+# Anatomy in the head frame (mm, RAS+: x right, y anterior, z superior).
+_SCALP = ((0.0, 0.0, -5.0), (78.0, 98.0, 80.0))
+_SKULL_OUT = ((0.0, 0.0, -5.0), (72.0, 92.0, 74.0))
+_SKULL_IN = ((0.0, 0.0, -5.0), (66.0, 86.0, 68.0))
+_BRAIN = ((0.0, 0.0, 6.0), (63.0, 83.0, 58.0))
+_NECK = ((0.0, -5.0), (52.0, 62.0), -30.0)   # (x, y) centre, semi-axes, top z: soft tissue below
+#: the field is computed on the GRE grid extended this far below the FOV (the head and
+#: neck continue there), so the FOV edge does not act as a tissue/air interface
+_FIELD_EXTENSION_MM = 64.0
+_SINUSES = [((0.0, 80.0, -35.0), (14.0, 8.0, 10.0)),      # frontal sinus
+            ((-61.0, -2.0, -40.0), (7.0, 8.0, 7.0)),       # mastoid air cells L
+            ((61.0, -2.0, -40.0), (7.0, 8.0, 7.0))]        # mastoid air cells R
+# (label left, label right, centre of the left one, semi-axes); right = mirror in x
+_PAIRED = [
+    (7, 8, (-11.0, 4.0, 16.0), (5.5, 22.0, 8.0)),
+    (13, 14, (-25.0, 3.0, 2.0), (5.0, 13.0, 9.0)),
+    (15, 16, (-18.5, 0.0, 0.0), (3.5, 8.0, 5.0)),
+    (11, 12, (-13.5, 14.0, 12.0), (4.5, 9.0, 7.0)),
+    (17, 18, (-10.0, -16.0, 6.0), (7.0, 13.0, 8.0)),
+    (21, 22, (-10.0, -17.0, -16.0), (3.0, 7.0, 2.5)),
+    (19, 20, (-5.0, -21.0, -10.0), (3.0, 3.5, 3.5)),
+]
+_VEIN = ((0.0, 48.0), (-65.0, 35.0), 2.5)   # (x, z) of the axis, y range, radius: along y
+_CALC = ((22.0, 28.0, 32.0), 3.0)
+
+
+@dataclass
+class Phantom:
+    """Ground truth of one phantom acquisition; arrays in voxel order of the GRE grid.
+
+    Attributes
+    ----------
+    chi : ndarray of float32
+        Susceptibility (ppm, relative to water/CSF); +9.4 in air, −2.0 in bone.
+    labels : ndarray of int16
+        Tissue label at each voxel centre (see :data:`DEMO_LABELS`).
+    brain_mask : ndarray of bool
+        ``isin(labels, BRAIN_LABELS)``.
+    m0, r2star : ndarray of float32
+        Proton density (a.u.) and R2* (1/s), voxel means.
+    total_field, local_field, background_field : ndarray of float32
+        Fields in ppm of B0 (conventions in the module docstring).
+    affine : ndarray (4, 4)
+        GRE grid affine (RAS+ mm), centred on the world origin, tilted by ``oblique_deg``.
+    voxel_size : tuple of float
+        Isotropic voxel size (mm).
+    b0 : float
+        Field strength (T).
+    b0_dir : ndarray (3,)
+        Unit B0 vector (world +z) in voxel axes, ``R⁻¹ (0, 0, 1)``.
+    tes : ndarray
+        Echo times (s).
+    lut : dict
+        ``label -> (name, hemisphere, χ ppm, R2* 1/s)`` of this subject (deep-grey χ
+        scaled by the subject's factor).
+    fine : dict
+        Fine-grid maps used by :func:`simulate_gre` (``ss`` sub-voxels per axis).
+    """
+
+    chi: np.ndarray
+    labels: np.ndarray
+    brain_mask: np.ndarray
+    m0: np.ndarray
+    r2star: np.ndarray
+    total_field: np.ndarray
+    local_field: np.ndarray
+    background_field: np.ndarray
+    affine: np.ndarray
+    voxel_size: tuple
+    b0: float
+    b0_dir: np.ndarray
+    tes: np.ndarray
+    lut: dict = field(default_factory=dict)
+    #: fine-grid maps used by :func:`simulate_gre` (sub-voxel factor ``ss``)
+    fine: dict = field(default_factory=dict, repr=False)
+
+
+def _rotation(rx_deg, ry_deg, rz_deg):
+    rx, ry, rz = np.deg2rad([rx_deg, ry_deg, rz_deg])
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rot_z @ rot_y @ rot_x
+
+
+def grid_affine(shape, voxel_size, *, oblique_deg=0.0):
+    """Affine of a grid centred on the world origin, optionally tilted about x (oblique)."""
+    rot = _rotation(oblique_deg, 0.0, 0.0)
+    lin = rot @ np.diag([voxel_size] * 3)
+    centre = (np.asarray(shape) - 1) / 2.0
+    aff = np.eye(4)
+    aff[:3, :3] = lin
+    aff[:3, 3] = -lin @ centre
+    return aff
+
+
+def _head_coords(affine, shape, transform, supersample=1):
+    """Head-frame coordinates (3, N...) of (sub-)voxel centres: x_head = R⁻¹ (x_world − t)."""
+    offs = (np.arange(supersample) + 0.5) / supersample - 0.5
+    axes = [(np.arange(n)[:, None] + offs[None, :]).ravel().astype(np.float32) for n in shape]
+    ii, jj, kk = np.meshgrid(*axes, indexing="ij")
+    rot, shift = transform
+    lin = rot.T @ affine[:3, :3]
+    off = rot.T @ (affine[:3, 3] - shift)
+    return [
+        (lin[r, 0] * ii + lin[r, 1] * jj + lin[r, 2] * kk + off[r]).astype(np.float32) for r in range(3)
+    ]
+
+
+def _ellipsoid(x, y, z, centre, semi):
+    return (((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2
+            + ((z - centre[2]) / semi[2]) ** 2)
+
+
+def _folding(x, y, z, centre):
+    """Smooth angular pattern in [−1, 1] that folds the cortex (gyri and sulci)."""
+    dx, dy, dz = x - centre[0], y - centre[1], z - centre[2]
+    r = np.sqrt(dx * dx + dy * dy + dz * dz) + 1e-3
+    theta = np.arccos(np.clip(dz / r, -1, 1))
+    phi = np.arctan2(dy, dx)
+    g = (0.5 * np.sin(9 * theta) * np.cos(7 * phi) + 0.3 * np.sin(13 * theta + 1.0) * np.sin(11 * phi)
+         + 0.2 * np.cos(17 * theta) * np.cos(5 * phi + 0.5))
+    return g.astype(np.float32)
+
+
+def _labels_at(x, y, z):
+    """Integer tissue labels at head-frame coordinates."""
+    lab = np.zeros(x.shape, dtype=np.int16)
+    (nx, ny), (na, nb), ntop = _NECK
+    lab[(((x - nx) / na) ** 2 + ((y - ny) / nb) ** 2 <= 1) & (z <= ntop)] = 1
+    lab[_ellipsoid(x, y, z, *_SCALP) <= 1] = 1
+    lab[_ellipsoid(x, y, z, *_SKULL_OUT) <= 1] = 2
+    lab[_ellipsoid(x, y, z, *_SKULL_IN) <= 1] = 4
+    rho = np.sqrt(_ellipsoid(x, y, z, *_BRAIN))
+    fold = _folding(x, y, z, _BRAIN[0])
+    lab[rho <= 1.0 - 0.035 * (1 + fold)] = 5            # cortex surface with sulci (CSF)
+    lab[rho <= 0.88 + 0.05 * fold] = 6                  # GM/WM boundary with gyral folding
+    for centre, semi in _SINUSES:
+        lab[_ellipsoid(x, y, z, centre, semi) <= 1] = 3
+    for left, right, centre, semi in _PAIRED:
+        lab[_ellipsoid(x, y, z, centre, semi) <= 1] = left
+        lab[_ellipsoid(x, y, z, (-centre[0], centre[1], centre[2]), semi) <= 1] = right
+    (vx, vz), (y0, y1), radius = _VEIN
+    lab[((x - vx) ** 2 + (z - vz) ** 2 <= radius**2) & (y >= y0) & (y <= y1)] = 30
+    centre, radius = _CALC
+    lab[_ellipsoid(x, y, z, centre, (radius,) * 3) <= 1] = 31
+    return lab
+
+
+def _subject_variation(seed):
+    """Per-subject head pose and deep-grey χ factors (deterministic in ``seed``)."""
+    rng = np.random.default_rng(seed)
+    shift = rng.uniform(-3.0, 3.0, size=3)
+    angles = rng.uniform(-3.0, 3.0, size=3)
+    factors = {lab: float(rng.uniform(0.9, 1.1)) for lab in DEEP_GREY_LABELS}
+    return (_rotation(*angles), shift), factors
+
+
+def _lut_array(values, default=0.0):
+    arr = np.full(max(DEMO_LABELS) + 1, default, dtype=np.float32)
+    for lab, val in values.items():
+        arr[lab] = val
+    return arr

@@ -1,0 +1,145 @@
+"""The demo BIDS dataset: Siemens-style echoes, T1w, ground truth and a T1w-space segmentation
+(see :mod:`qsmprep.demo`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from qsmprep.demo.anatomy import DEMO_LABELS, TR, FLIP
+from qsmprep.demo.physics import make_phantom, simulate_gre, render_t1w, t1w_labels
+
+LOGGER = logging.getLogger("nipype.workflow")
+
+
+def _write_json(path, data):
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0, oblique_deg=0.0,
+                       overwrite=False):
+    """Write the demo BIDS dataset to ``out_dir/bids`` and the truth to ``out_dir/truth``.
+
+    Subject ``sub-0N`` (N = 1, 2, ...) is ``make_phantom(size, seed=seed + N - 1)`` and
+    ``simulate_gre(..., snr=snr, seed=seed + N - 1)``.  BIDS: ``dataset_description.json``,
+    ``participants.tsv``, ``README``, per echo ``anat/sub-0N_echo-<e>_part-{mag,phase}_MEGRE``
+    (magnitude uint16 scaled so the maximum over all echoes is 4000; phase uint16
+    ``round((φ + π) / 2π · 4096) mod 4096``, Siemens-style) with JSON sidecars, and
+    ``anat/sub-0N_T1w``.  Truth (outside the BIDS tree, GRE grid): ``truth/sub-0N/sub-0N_``
+    ``Chimap``, ``dseg`` (+ ``.tsv`` with this subject's χ), ``desc-brain_mask``,
+    ``desc-{total,local,background}field_fieldmap`` (ppm) and ``R2starmap`` (1/s), and the
+    nominal look-up table ``truth/dseg.tsv``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Parent folder of ``bids`` and ``truth``.
+    size : {"small", "full"}
+    n_subjects : int
+    seed : int
+        Seed of the first subject.
+    snr : float
+        Peak SNR of the complex signal.
+    oblique_deg : float
+        Tilt of the GRE grid about x.
+    overwrite : bool
+        Replace an existing non-empty ``out_dir/bids`` (and ``out_dir/truth``); otherwise
+        :class:`FileExistsError` is raised.
+
+    Returns
+    -------
+    dict
+        ``bids_dir``, ``truth_dir`` and ``subjects``: ``{"01": {"Chimap": path, ...}, ...}``
+        (keys ``Chimap``, ``dseg``, ``dseg_tsv``, ``desc-brain_mask``,
+        ``desc-totalfield_fieldmap``, ``desc-localfield_fieldmap``,
+        ``desc-backgroundfield_fieldmap``, ``R2starmap``).
+    """
+    out_dir = Path(out_dir)
+    bids, truth = out_dir / "bids", out_dir / "truth"
+    if bids.exists() and any(bids.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{bids} already exists and is not empty (use overwrite / --overwrite)")
+        shutil.rmtree(bids)
+        shutil.rmtree(truth, ignore_errors=True)
+    bids.mkdir(parents=True, exist_ok=True)
+    truth.mkdir(parents=True, exist_ok=True)
+    _write_json(bids / "dataset_description.json", {
+        "Name": f"qsmprep demo phantom ({size})", "BIDSVersion": "1.9.0", "DatasetType": "raw",
+        "GeneratedBy": [{"Name": "qsmprep.demo", "Description": "analytic head phantom, qsm-forward forward model"}],
+    })
+    (bids / "README").write_text(
+        "Synthetic multi-echo GRE head phantom made by qsmprep.demo with qsm-forward's forward model.\n"
+        "Ground truth (chi, labels, mask, fields, R2*) is in ../truth, outside this dataset.\n"
+    )
+    subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
+    (bids / "participants.tsv").write_text(
+        "participant_id\tspecies\n" + "".join(f"sub-{s}\thomo sapiens (phantom)\n" for s in subjects)
+    )
+    result = {"bids_dir": str(bids), "truth_dir": str(truth), "subjects": {}}
+    for i, sub in enumerate(subjects):
+        sub_seed = seed + i
+        ph = make_phantom(size, seed=sub_seed, oblique_deg=oblique_deg)
+        sig, _ = simulate_gre(ph, snr=snr, seed=sub_seed)
+        anat = bids / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        mag = np.abs(sig)
+        mag_int = np.rint(mag / mag.max() * 4000).astype(np.uint16)
+        phase_int = (np.rint((np.angle(sig) + np.pi) / (2 * np.pi) * 4096).astype(np.int64) % 4096).astype(np.uint16)
+        for e, te in enumerate(ph.tes, start=1):
+            for part, data in (("mag", mag_int[..., e - 1]), ("phase", phase_int[..., e - 1])):
+                stem = anat / f"sub-{sub}_echo-{e}_part-{part}_MEGRE"
+                nib.Nifti1Image(data, ph.affine).to_filename(f"{stem}.nii.gz")
+                _write_json(f"{stem}.json", {
+                    "EchoTime": round(float(te), 6), "EchoNumber": e, "MagneticFieldStrength": ph.b0,
+                    "Manufacturer": "Siemens", "RepetitionTime": TR, "FlipAngle": FLIP,
+                    "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"],
+                })
+        t1w = render_t1w(size, seed=sub_seed)
+        t1w.to_filename(anat / f"sub-{sub}_T1w.nii.gz")
+        _write_json(anat / f"sub-{sub}_T1w.json", {
+            "MagneticFieldStrength": ph.b0, "Manufacturer": "Siemens", "MRAcquisitionType": "3D",
+            "RepetitionTime": 2.3, "InversionTime": 0.9, "EchoTime": 0.00298, "FlipAngle": 9,
+        })
+
+        tdir = truth / f"sub-{sub}"
+        tdir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name, data in (("Chimap", ph.chi), ("dseg", ph.labels), ("desc-brain_mask", ph.brain_mask),
+                           ("desc-totalfield_fieldmap", ph.total_field),
+                           ("desc-localfield_fieldmap", ph.local_field),
+                           ("desc-backgroundfield_fieldmap", ph.background_field), ("R2starmap", ph.r2star)):
+            arr = data.astype(np.uint8) if data.dtype == bool else data
+            path = tdir / f"sub-{sub}_{name}.nii.gz"
+            nib.Nifti1Image(arr, ph.affine).to_filename(path)
+            files[name] = str(path)
+        tsv = tdir / f"sub-{sub}_dseg.tsv"
+        _write_lut(tsv, ph.lut)
+        files["dseg_tsv"] = str(tsv)
+        # the subject's segmentation in T1w space, as a BIDS derivatives dataset (what
+        # sMRIPrep/FastSurfer would give): `--segmentation-dir truth/segmentation`
+        seg_dir = truth / "segmentation" / f"sub-{sub}" / "anat"
+        seg_dir.mkdir(parents=True, exist_ok=True)
+        seg = t1w_labels(size, sub_seed, t1w.affine, t1w.shape)
+        nib.Nifti1Image(seg.astype(np.int16), t1w.affine).to_filename(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
+        _write_lut(seg_dir / f"sub-{sub}_desc-phantom_dseg.tsv", ph.lut)
+        files["segmentation"] = str(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
+        result["subjects"][sub] = files
+        LOGGER.info("demo: wrote sub-%s (%s, %d echoes)", sub, size, len(ph.tes))
+    _write_lut(truth / "dseg.tsv", DEMO_LABELS)
+    _write_json(truth / "segmentation" / "dataset_description.json", {
+        "Name": "qsmprep demo: phantom segmentation (T1w space)", "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative", "GeneratedBy": [{"Name": "qsmprep demo"}]})
+    result["segmentation_dir"] = str(truth / "segmentation")
+    return result
+
+
+def _write_lut(path, lut):
+    """BIDS ``dseg.tsv``: index, name, hemisphere (``n/a`` if none), χ (ppm), R2* (1/s)."""
+    lines = ["index\tname\themisphere\tchi_ppm\tr2star_per_s"]
+    lines += [f"{lab}\t{v[0]}\t{v[1] or 'n/a'}\t{float(v[2]):.6g}\t{float(v[3]):.6g}" for lab, v in lut.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
