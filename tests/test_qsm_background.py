@@ -194,3 +194,18 @@ def test_remove_background_records_the_default_parameters(method):
     if method == "vsharp":
         defaults["radius_max_mm"] = 4.0
     assert {k: info[k] for k in defaults} == defaults
+
+
+def test_lbv_in_a_forked_child_after_the_parent_ran_it(small_phantom):
+    """MultiProc forks its workers: numba's GNU OpenMP layer would kill a child that runs LBV
+    after the parent did ("fork() called from a process already using GNU OpenMP")."""
+    import multiprocessing as mp
+
+    ph = small_phantom
+    bg.remove_background(ph.total_field, ph.brain_mask, ph.voxel_size, method="lbv")
+    child = mp.get_context("fork").Process(target=bg.remove_background,
+                                           args=(ph.total_field, ph.brain_mask, ph.voxel_size),
+                                           kwargs={"method": "lbv"})
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0

@@ -17,6 +17,15 @@ try:  # numba is a hard dependency of qsmprep; the fallback keeps the module imp
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
+if numba is not None and numba.config.THREADING_LAYER == "default":
+    # Nipype's MultiProc forks its workers.  Numba's "omp" layer (GNU OpenMP, its choice when
+    # tbb is absent) kills a forked child that runs parallel code after its parent did
+    # ("fork() called from a process already using GNU OpenMP, this is unsafe"): a notebook
+    # or test that ran LBV and then a workflow lost every LBV node.  A fork-safe layer (tbb
+    # where installed, else numba's workqueue) has no such state; a layer the user chose
+    # (NUMBA_THREADING_LAYER) is kept.
+    numba.config.THREADING_LAYER = "forksafe"
+
 
 if numba is not None:
 
