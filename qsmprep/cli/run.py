@@ -97,6 +97,10 @@ def build_config(opts):
     return config
 
 
+#: Seconds between MultiProc scheduling passes (Nipype's default, 2 s, is for batch queues).
+MULTIPROC_POLL_S = 0.1
+
+
 def run_participant(config):
     """Validate inputs, build and run the participant-level workflow."""
     from nipype import config as ncfg
@@ -141,6 +145,12 @@ def run_participant(config):
     workflow.base_dir = ex.work_dir
     workflow.config["execution"].update({"crashdump_dir": str(Path(ex.output_dir) / "log" / ex.run_uuid),
                                          "crashfile_format": "txt", "hash_method": "content"})
+    if ex.plugin == "MultiProc":
+        # Nipype's scheduler sleeps until 2 s after the start of each pass, so every step of
+        # a dependency chain waited up to 2 s for the next to start; MultiProc's results arrive
+        # in this process, so a short pass costs nothing (the SLURM plugins keep 2 s: each pass
+        # asks squeue)
+        workflow.config["execution"]["poll_sleep_duration"] = MULTIPROC_POLL_S
     from qsmprep.cli.progress import ProgressReporter, count_steps
 
     progress = ProgressReporter(count_steps(workflow))
