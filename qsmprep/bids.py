@@ -157,14 +157,6 @@ def _echo_times(bidsfile, metadata):
     return [_one_echo_time(te, bidsfile)]
 
 
-def _echo_time(bidsfile, metadata):
-    """The echo time (s) of a one-echo file."""
-    tes = _echo_times(bidsfile, metadata)
-    if len(tes) != 1:
-        raise InputError(f"EchoTime lists {len(tes)} echo times for a one-echo file", path=bidsfile)
-    return tes[0]
-
-
 def _load_header(path):
     """nibabel image (header only) of ``path``, or an InputError naming the file."""
     from qsmprep.integrity import check_nifti
@@ -250,13 +242,11 @@ def _assemble(key, files_by_part, layout, b0_override):
     for (_, fa), (_, fb) in zip(parts[use[0]], parts[use[1]]):
         meta_a, meta_b = fa.get_metadata(), fb.get_metadata()
         tes_a, tes_b = _echo_times(fa.path, meta_a), _echo_times(fb.path, meta_b)
-        if len(tes_a) > 1 or len(tes_b) > 1:  # 4D multi-echo files: one per part, all echoes inside
-            for f, tes in ((fa, tes_a), (fb, tes_b)):
-                if len(parts[use[0]]) > 1:
-                    raise InputError(
-                        f"EchoTime lists {len(tes)} echo times (a 4D multi-echo file) but the acquisition "
-                        f"has {len(parts[use[0]])} files per part; use one 4D file per part or one echo "
-                        "per file", path=f.path)
+        if (len(tes_a) > 1 or len(tes_b) > 1) and len(parts[use[0]]) > 1:  # a 4D file holds every echo
+            f, tes = (fa, tes_a) if len(tes_a) > 1 else (fb, tes_b)
+            raise InputError(
+                f"EchoTime lists {len(tes)} echo times (a 4D multi-echo file) but the acquisition has "
+                f"{len(parts[use[0]])} files per part; use one 4D file per part or one echo per file", path=f.path)
         if len(tes_a) != len(tes_b) or not np.allclose(tes_a, tes_b, rtol=1e-4, atol=1e-7):
             shown = (tes_a[0], tes_b[0]) if len(tes_a) == len(tes_b) == 1 else (tes_a, tes_b)
             raise InputError(f"EchoTime {shown[1]} differs from {shown[0]} in {fa.path}", path=fb.path)

@@ -16,6 +16,11 @@ from qsmprep.qsm.kernels import GAMMA_BAR_MHZ_PER_T
 LOGGER = logging.getLogger("nipype.workflow")
 
 
+def _rounded(value, digits):
+    """``value`` rounded for the JSON, or None where the metric could not be computed."""
+    return None if value is None else round(float(value), digits)
+
+
 class _QCInputSpec(QSMInputSpec):
     label = traits.Str("", usedefault=True, desc="acquisition name for log messages (e.g. sub-01_acq-qsm)")
     unwrapping = traits.Str("", usedefault=True, desc="unwrapping method (the fit-residual rule depends on it)")
@@ -86,29 +91,29 @@ class QCMetrics(SimpleInterface):
         why = ("fewer than three echoes" if len(inp.echo_times) < 3 else
                "no background in the field of view to measure the noise")
         metrics["field_residual_over_noise"] = qc.metric(
-            "field_residual_over_noise", None if ratio is None else round(ratio, 3), why=why,
+            "field_residual_over_noise", _rounded(ratio, 3), why=why,
             unwrapping=inp.unwrapping)
         jumps = qc.phase_jump_fraction(unwrapped, tight)
-        metrics["phase_jump_fraction"] = qc.metric("phase_jump_fraction", None if jumps is None else round(jumps, 5),
+        metrics["phase_jump_fraction"] = qc.metric("phase_jump_fraction", _rounded(jumps, 5),
                                                    why="empty mask")
         del mag4d, unwrapped
 
         chi = load(inp.chi)[0]
         local = load_mask(inp.local_mask)
         p01, p99 = qc.chi_percentiles(chi, local)
-        metrics["chi_p01"] = qc.metric("chi_p01", None if p01 is None else round(p01, 5), why="empty mask")
-        metrics["chi_p99"] = qc.metric("chi_p99", None if p99 is None else round(p99, 5), why="empty mask")
-        metrics["chi_range_ppm"] = qc.metric("chi_range_ppm", None if p01 is None else round(p99 - p01, 5),
+        metrics["chi_p01"] = qc.metric("chi_p01", _rounded(p01, 5), why="empty mask")
+        metrics["chi_p99"] = qc.metric("chi_p99", _rounded(p99, 5), why="empty mask")
+        metrics["chi_range_ppm"] = qc.metric("chi_range_ppm", _rounded(None if p01 is None else p99 - p01, 5),
                                              why="empty mask")
         offset = dict(inp.chi_info).get("ReferenceOffset")
         metrics["reference_offset_ppm"] = qc.metric(
-            "reference_offset_ppm", None if offset is None else round(float(offset), 5), why="no reference")
+            "reference_offset_ppm", _rounded(offset, 5), why="no reference")
         if isdefined(inp.t1w) and isdefined(inp.gre_in_t1w) and isdefined(inp.t1w_mask):
             t1w, t1_img = load(inp.t1w)
             nmi, better = qc.registration_similarity(t1w, load(inp.gre_in_t1w)[0], load_mask(inp.t1w_mask),
                                                      voxel_size_of(t1_img))
             metrics["registration_similarity"] = qc.metric(
-                "registration_similarity", None if nmi is None else round(nmi, 4), better_shift=better,
+                "registration_similarity", _rounded(nmi, 4), better_shift=better,
                 why="too few overlapping voxels")
 
         report = qc.summarise(metrics)

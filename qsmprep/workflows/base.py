@@ -151,6 +151,7 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
     for rec in records:
         affine = nib.load(rec.magnitude[0] if rec.magnitude else rec.real[0]).affine
         label = rec.prefix.replace("-", "").replace("_", "")
+        sources = [_bids_uri(p, bids_dir) for p in rec.source_files]
         user_mask, user_mask_source = user_masks.get(rec.prefix, (None, None))
         gre_wf = init_gre_wf(
             echo_times=rec.echo_times, b0=rec.b0, stages=stages, echo_strategy=echo_strategy,
@@ -177,7 +178,7 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
                 for i, (te, (path, volume)) in enumerate(zip(rec.echo_times, rec.echo_volumes))]
         ds_wf = init_gre_derivatives_wf(
             output_dir=output_dir, entities=rec.entities,
-            sources=[_bids_uri(p, bids_dir) for p in rec.source_files], common_meta=common_meta,
+            sources=sources, common_meta=common_meta,
             has_r2star=rec.n_echoes > 1, name=f"ds_{label}_wf",
         )
         fields = [o[0] for o in OUTPUTS if rec.n_echoes > 1 or o[0] not in ("r2star", "t2star")]
@@ -185,13 +186,13 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             (gre_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields + list(INFO_FIELDS)
                              if rec.n_echoes > 1 or f != "r2star_info"]),
         ])
-        qc_node = _connect_qc(workflow, gre_wf, rec, output_dir=output_dir, unwrapping=_stage_summary(stages)[
-                              "unwrapping"]["method"], sources=[_bids_uri(p, bids_dir) for p in rec.source_files],
-                              label=label)
+        qc_node = _connect_qc(workflow, gre_wf, rec, output_dir=output_dir,
+                              unwrapping=common_meta["QSMPipeline"]["unwrapping"]["method"],
+                              sources=sources, label=label)
         if anat is not None and anat.coreg:
             if rec.t1w:
                 coreg = init_anat_wiring(workflow, gre_wf, rec, anat=anat, resources=anat_resources, output_dir=output_dir,
-                                 sources=[_bids_uri(p, bids_dir) for p in rec.source_files],
+                                 sources=sources,
                                  common_meta=common_meta, omp_nthreads=omp_nthreads, label=label)
                 workflow.connect([(coreg, qc_node, [("outputnode.t1w_preproc", "t1w"),
                                                     ("outputnode.gre_in_t1w", "gre_in_t1w"),

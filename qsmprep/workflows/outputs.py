@@ -10,7 +10,8 @@ from qsmprep.interfaces.derivatives import DerivativesSink
 #: (outputnode field, suffix, desc, Units, info fields merged into the sidecar, fixed metadata)
 OUTPUTS = (
     ("chi", "Chimap", None, "ppm",
-     ("phase_info", "field_info", "unwrap_info", "local_info", "chi_info"), {"SkullStripped": True}),
+     # chi_info carries phase_info already (gre.py merges it in for every χ-derived output)
+     ("field_info", "unwrap_info", "local_info", "chi_info"), {"SkullStripped": True}),
     ("r2star", "R2starmap", None, "1/s", ("phase_info", "r2star_info"), {"SkullStripped": False}),
     ("t2star", "T2starmap", None, "s", ("phase_info", "r2star_info"), {"SkullStripped": False}),
     ("mask_filled", "mask", "brain", None, ("phase_info", "mask_info"), {"Type": "Brain"}),
