@@ -2,7 +2,7 @@
 
 The 7-point operator and red-black Gauss-Seidel smoother (numba-compiled, with a numpy
 fallback), trilinear prolongation and its transpose, the sparse coarsest-grid matrix, the
-symmetric V-cycle (:class:`_Multigrid`) and a context for numba's thread count.
+symmetric V-cycle (:class:`_Multigrid`).
 """
 
 from __future__ import annotations
@@ -11,20 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-try:  # numba is a hard dependency of qsmprep; the fallback keeps the module importable
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised only without numba
-    numba = None
-
-if numba is not None and numba.config.THREADING_LAYER == "default":
-    # Nipype's MultiProc forks its workers.  Numba's "omp" layer (GNU OpenMP, its choice when
-    # tbb is absent) kills a forked child that runs parallel code after its parent did
-    # ("fork() called from a process already using GNU OpenMP, this is unsafe"): a notebook
-    # or test that ran LBV and then a workflow lost every LBV node.  A fork-safe layer (tbb
-    # where installed, else numba's workqueue) has no such state; a layer the user chose
-    # (NUMBA_THREADING_LAYER) is kept.
-    numba.config.THREADING_LAYER = "forksafe"
+from qsmprep.qsm._numba import njit, numba, prange
 
 
 if numba is not None:
@@ -178,20 +165,3 @@ class _Multigrid:
             _gauss_seidel(x, r, dom, a0, a1, a2, 1)
             _gauss_seidel(x, r, dom, a0, a1, a2, 0)
         return x
-
-
-def _num_threads(workers):
-    """Context for numba's thread count (restored afterwards)."""
-
-    class _Ctx:
-        def __enter__(self):
-            self.old = None
-            if numba is not None:
-                self.old = numba.get_num_threads()
-                numba.set_num_threads(max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
-
-        def __exit__(self, *exc):
-            if self.old is not None:
-                numba.set_num_threads(self.old)
-
-    return _Ctx()

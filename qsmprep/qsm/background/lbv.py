@@ -10,8 +10,9 @@ import numpy as np
 from scipy import ndimage
 
 from qsmprep.qsm import kernels
+from qsmprep.qsm._numba import num_threads
 from qsmprep.qsm.background._common import _check_inputs, _number
-from qsmprep.qsm.background._multigrid import _apply, _Multigrid, _num_threads
+from qsmprep.qsm.background._multigrid import _apply, _Multigrid
 
 
 def lbv(field, mask, voxel_size, *, tol=1e-6, max_iter=200, peel=1, workers=None):
@@ -76,7 +77,7 @@ def _lbv(field, mask, voxel_size, *, tol, max_iter, peel, workers):
     coef = tuple(1.0 / v**2 for v in vs)
     # A u0 = Σ_{neighbours on the boundary} a · f  on the interior (u = u0 + boundary values)
     rhs = np.zeros(fb.shape, dtype=np.float32)
-    with _num_threads(workers):
+    with num_threads(workers):
         _apply(fb, dom, *coef, rhs)  # fb = 0 on dom, so this is −Σ a·f over boundary neighbours
         np.negative(rhs, out=rhs)
         mg = _Multigrid(dom, vs)
