@@ -69,6 +69,24 @@ def _check_data_term(data_term, phase_scale):
     return None
 
 
+def _hermitian(kernel, shape):
+    """A real rfft-half kernel made even (``K(k) = K(−k)``) on the columns that hold both ±k.
+
+    The half spectrum's zero column (and Nyquist column, for an even last axis) holds each
+    ``k`` and its mirror ``−k``.  On an even axis the Nyquist frequency is its own mirror,
+    so a kernel computed from coordinates (the dipole kernel for an oblique B0) differs at
+    ``k`` and ``−k`` there: ``irfftn`` silently drops the odd part, so products in image
+    space do not change, but a half spectrum kept across iterations (:func:`_lsqr` with
+    :meth:`_Grid.kdot`) would carry it.  Averaging the mirror pairs removes it.
+    """
+    kernel = kernel.copy()
+    columns = [0] + ([kernel.shape[-1] - 1] if shape[-1] % 2 == 0 else [])
+    for c in columns:
+        plane = kernel[..., c]
+        kernel[..., c] = 0.5 * (plane + np.roll(plane[::-1, ::-1], 1, axis=(0, 1)))
+    return kernel
+
+
 class _Grid:
     """The mask's bounding box, zero-padded to a fast FFT size, and FFTs on it."""
 
@@ -84,7 +102,7 @@ class _Grid:
         self.workers = kernels.resolve_workers(workers)
         self.shape = kernels.padded_shape(mask[self.bbox].shape, pad.astype(int))
         self.mask, self.inner = kernels.pad_to(mask[self.bbox], self.shape)
-        self.d = kernels.dipole_kernel(self.shape, voxel_size, b0_dir, rfft=True)
+        self.d = _hermitian(kernels.dipole_kernel(self.shape, voxel_size, b0_dir, rfft=True), self.shape)
         self.n_mask = int(self.mask.sum())
 
     def put(self, x, dtype=np.float32):
@@ -102,6 +120,26 @@ class _Grid:
 
     def ifft(self, k):
         return sfft.irfftn(k, s=self.shape, workers=self.workers).astype(np.float32, copy=False)
+
+    def offt(self, x):
+        """Orthonormal ``rfftn``: with :meth:`kdot`, inner products are those of the image."""
+        return sfft.rfftn(x, norm="ortho", workers=self.workers)
+
+    def oifft(self, k):
+        """Orthonormal ``irfftn``, the inverse (and adjoint) of :meth:`offt`, float32."""
+        return sfft.irfftn(k, s=self.shape, norm="ortho", workers=self.workers).astype(np.float32, copy=False)
+
+    def kdot(self, a, b):
+        """``<x, y>`` of two real images from their :meth:`offt` half-spectra (Parseval).
+
+        Each column of the half spectrum stands for itself and its Hermitian mirror, except
+        the zero (and, for an even last axis, the Nyquist) column.
+        """
+        total = 2.0 * _dot(a.view(np.float32), b.view(np.float32))
+        total -= _dot(a[..., 0].copy().view(np.float32), b[..., 0].copy().view(np.float32))
+        if self.shape[-1] % 2 == 0:
+            total -= _dot(a[..., -1].copy().view(np.float32), b[..., -1].copy().view(np.float32))
+        return total
 
     def conv(self, x, kernel=None):
         """``F⁻¹[K · F(x)]`` with the dipole kernel by default (real, symmetric: self-adjoint)."""
@@ -208,47 +246,57 @@ def _gradient_reg(grid):
 # --------------------------------------------------------------------------------------
 # Krylov solvers on arrays
 # --------------------------------------------------------------------------------------
-def _cg(apply_a, b, x0=None, *, tol, max_iter):
-    """Conjugate gradients for a symmetric positive (semi-)definite operator.
+def _cg(apply_a, b, *, tol, max_iter):
+    """Conjugate gradients from zero for a symmetric positive (semi-)definite operator.
 
-    Stops when ``‖b − A x‖ ≤ tol ‖b‖``.  Returns (x, iterations).
+    Stops when ``‖b − A x‖ ≤ tol ‖b‖``.  The vector updates are fused compiled passes
+    (:func:`qsmprep.qsm.inversion._fused.cg_update`).  Returns (x, iterations).
     """
-    x = np.zeros_like(b) if x0 is None else x0.copy()
-    r = b - apply_a(x) if x0 is not None else b.copy()
+    from qsmprep.qsm.inversion._fused import cg_update, xpby
+
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    x = np.zeros_like(b)
+    r = b.copy()
     p = r.copy()
     rr = _dot(r, r)
     stop = (tol * _norm(b)) ** 2
     it = 0
     while it < max_iter and rr > stop:
-        ap = apply_a(p)
+        ap = np.ascontiguousarray(apply_a(p), dtype=np.float32)
         pap = _dot(p, ap)
         if pap <= 0:
             break
-        alpha = rr / pap
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * ap
-        rr_new = _dot(r, r)
-        p *= np.float32(rr_new / rr)
-        p += r
+        rr_new = cg_update(x, r, p, ap, rr / pap)
+        xpby(p, r, rr_new / rr)
         rr = rr_new
         it += 1
     return x, it
 
 
-def _lsqr(apply_a, apply_at, b, x_shape, *, tol, max_iter):
-    """LSQR (Paige & Saunders, ACM TOMS 1982) for ``min ‖A x − b‖₂``, float32 arrays.
+def _lsqr(apply_a, apply_at, b, x_like, *, tol, max_iter, xdot=None):
+    """LSQR (Paige & Saunders, ACM TOMS 1982) for ``min ‖A x − b‖₂`` from zero.
 
+    ``b`` is a float32 array; ``x_like`` an array of the solution's shape and dtype, whose
+    space has the inner product ``xdot``
+    (default :func:`_dot`) is the inner product: a solution kept as a half spectrum
+    (:meth:`_Grid.offt`, with :meth:`_Grid.kdot`) has the same iterates as its image, and
+    an operator that starts or ends with a Fourier transform then costs one FFT less.
     Stops after ``max_iter`` iterations or when the estimate of ``‖Aᵀ r‖ / (‖A‖ ‖r‖)``
     falls below ``tol`` (the usual LSQR criterion; early stopping regularises).
     Returns (x, iterations, residual norm estimate).
     """
-    x = np.zeros(x_shape, dtype=np.float32)
+    xdot = _dot if xdot is None else xdot
+
+    def xnorm(a):
+        return float(np.sqrt(xdot(a, a)))
+
+    x = np.zeros_like(x_like)
     beta = _norm(b)
     if beta == 0:
         return x, 0, 0.0
     u = b / np.float32(beta)
     v = apply_at(u)
-    alpha = _norm(v)
+    alpha = xnorm(v)
     if alpha == 0:
         return x, 0, beta
     v /= np.float32(alpha)
@@ -263,7 +311,7 @@ def _lsqr(apply_a, apply_at, b, x_shape, *, tol, max_iter):
             u /= np.float32(beta)
         anorm2 += alpha**2 + beta**2
         v = apply_at(u) - np.float32(beta) * v
-        alpha = _norm(v)
+        alpha = xnorm(v)
         if alpha > 0:
             v /= np.float32(alpha)
         rho = np.hypot(rhobar, beta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmprep.qsm._numba import num_threads
+from qsmprep.qsm.inversion._fused import add_weighted_laplacian
 from qsmprep.qsm.inversion._operators import (
     _cg,
     _check_data_term,
@@ -11,11 +13,21 @@ from qsmprep.qsm.inversion._operators import (
     _check_inputs,
     _check_positive,
     _fgrad,
-    _fgrad_adj,
     _norm,
     _percentile_edges,
     _weighted_data,
 )
+
+
+def _dtw2d(grid, w2, x):
+    """``Dᵀ W² D x`` (two FFT pairs, transforms multiplied in place)."""
+    k = grid.fft(x)
+    k *= grid.d
+    y = grid.ifft(k)
+    y *= w2
+    k = grid.fft(y)
+    k *= grid.d
+    return grid.ifft(k)
 
 
 def edge_mask(magnitude, mask, voxel_size, *, edge_fraction=0.3):
@@ -147,34 +159,37 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
         return y
 
     chi = np.zeros(grid.shape, dtype=np.float32) if _x0 is None else grid.put(_x0) * m
+    lam32 = np.float32(lam)
     it_outer, cg_its = 0, []
-    for it_outer in range(1, max_iter + 1):
-        gchi = mg * _fgrad(chi, vs)
-        vr = mg * mg / np.sqrt(gchi * gchi + np.float32(epsilon))
-        del gchi
-        lam32 = np.float32(lam)
+    with num_threads(grid.workers):  # the compiled ∇ᵀV∇ uses the FFTs' workers
+        for it_outer in range(1, max_iter + 1):
+            gchi = mg * _fgrad(chi, vs)
+            vr = mg * mg / np.sqrt(gchi * gchi + np.float32(epsilon))
+            del gchi
 
-        def hess(x):
-            out = grid.conv(w2 * grid.conv(x))
-            out += lam32 * _fgrad_adj(vr * _fgrad(x, vs), vs)
+            def hess(x):
+                out = _dtw2d(grid, w2, x)
+                add_weighted_laplacian(out, x, vr, lam32, vs)
+                if mcsf is not None:
+                    out += np.float32(lam_csf) * csf_term(x)
+                return out
+
+            dchi = grid.conv(chi)
+            if data_term == "linear":
+                resid = dchi - f
+            else:
+                resid = np.sin(np.float32(a) * (dchi - f)) / np.float32(a)
+            resid *= w2
+            grad = add_weighted_laplacian(grid.conv(resid), chi, vr, lam32, vs)
             if mcsf is not None:
-                out += np.float32(lam_csf) * csf_term(x)
-            return out
-
-        dchi = grid.conv(chi)
-        if data_term == "linear":
-            resid = dchi - f
-        else:
-            resid = np.sin(np.float32(a) * (dchi - f)) / np.float32(a)
-        grad = grid.conv(w2 * resid) + lam32 * _fgrad_adj(vr * _fgrad(chi, vs), vs)
-        if mcsf is not None:
-            grad += np.float32(lam_csf) * csf_term(chi)
-        del dchi, resid
-        dx, n_cg = _cg(hess, -grad, tol=cg_tol, max_iter=cg_max_iter)
-        cg_its.append(n_cg)
-        chi += dx
-        if _norm(dx) <= tol * max(_norm(chi), 1e-30):
-            break
+                grad += np.float32(lam_csf) * csf_term(chi)
+            del dchi, resid
+            np.negative(grad, out=grad)
+            dx, n_cg = _cg(hess, grad, tol=cg_tol, max_iter=cg_max_iter)
+            cg_its.append(n_cg)
+            chi += dx
+            if _norm(dx) <= tol * max(_norm(chi), 1e-30):
+                break
     if mcsf is not None:
         chi -= np.float32(chi[mcsf].mean(dtype=np.float64))
     if stats is not None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmprep.qsm._numba import num_threads
+from qsmprep.qsm.inversion._fused import data_split, periodic_divergence, shrink
 from qsmprep.qsm.inversion._operators import (
     _check_data_term,
     _check_inputs,
     _check_positive,
     _gradient_reg,
     _norm,
-    _pgrad,
-    _pgrad_adj,
     _weighted_data,
 )
 
@@ -87,36 +87,41 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
     u = np.zeros_like(z)
     v = f.copy()
     uv = np.zeros_like(f)
+    data_in = v - uv  # v − u_v, the χ update's data input
+    w2f = w2 * f
+    mud_d = (np.float32(mu_d) * grid.d).astype(np.float32)
     chi = np.zeros_like(f)
-    g = np.empty_like(z)
+    div = np.empty_like(f)
     thr = np.float32(lam / mu)
     it = 0
-    for it in range(1, max_iter + 1):
-        xk = (grid.fft(np.float32(mu) * _pgrad_adj(z - u, vs)) + np.float32(mu_d) * grid.d * grid.fft(v - uv))
-        xk *= inv_denom
-        chi_new = grid.ifft(xk)
-        dchi = grid.ifft(xk * grid.d)
-        del xk
-        change = _norm(chi_new - chi) / max(_norm(chi_new), 1e-30)
-        chi = chi_new
-        _pgrad(chi, vs, out=g)
-        g += u
-        mag = np.sqrt((g * g).sum(axis=0))
-        scale = np.maximum(mag - thr, 0) / np.maximum(mag, np.float32(1e-12))
-        np.multiply(g, scale, out=z)
-        del mag, scale
-        u = g - z  # = u + ∇χ − z
-        y = dchi + uv
-        if data_term == "linear":
-            v = (w2 * f + np.float32(mu_d) * y) / (w2 + np.float32(mu_d))
-        else:
-            for _ in range(newton_iter):
-                ph = a * (v - f)
-                v = v - (w2 * np.sin(ph) / a + np.float32(mu_d) * (v - y)) / (w2 * np.cos(ph) + np.float32(mu_d))
-        uv = y - v  # = u_v + Dχ − v
-        del y, dchi
-        if it > 1 and change < tol:
-            break
+    with num_threads(grid.workers):
+        for it in range(1, max_iter + 1):
+            xk = grid.fft(periodic_divergence(z, u, mu, vs, out=div))
+            kd = grid.fft(data_in)
+            kd *= mud_d
+            xk += kd
+            del kd
+            xk *= inv_denom
+            chi_new = grid.ifft(xk)
+            xk *= grid.d
+            dchi = grid.ifft(xk)
+            del xk
+            change = _norm(chi_new - chi) / max(_norm(chi_new), 1e-30)
+            chi = chi_new
+            shrink(chi, z, u, thr, vs)  # z = shrink(∇χ + u), u = u + ∇χ − z
+            if data_term == "linear":
+                data_split(dchi, w2f, w2, mu_d, v, uv, data_in)
+            else:
+                y = dchi + uv
+                for _ in range(newton_iter):
+                    ph = a * (v - f)
+                    v = v - (w2 * np.sin(ph) / a + np.float32(mu_d) * (v - y)) / (w2 * np.cos(ph) + np.float32(mu_d))
+                uv = y - v  # = u_v + Dχ − v
+                data_in = v - uv
+                del y
+            del dchi
+            if it > 1 and change < tol:
+                break
     if stats is not None:
         stats.update({"iterations": it})
     return grid.get(chi * m)

@@ -1,0 +1,201 @@
+"""Compiled element-wise passes of the iterative inversions (private).
+
+Each function fuses what numpy does in several passes over ``(3,) + shape`` float32
+arrays (differences, weights, sums, shrinkage) into one parallel pass, so an iteration
+costs little more than its FFTs.  Each has the numpy operators of
+:mod:`qsmprep.qsm.inversion._operators` as its reference (``tests/test_qsm_fused.py``):
+
+* :func:`add_weighted_laplacian`: ``out += s · ∇ᵀ(V ∇x)`` with
+  :func:`qsmprep.qsm.kernels.gradient`'s forward differences (zero last row), MEDI's
+  lagged-diffusivity operator;
+* :func:`weighted_laplacian_diagonal`: the diagonal of ``∇ᵀ V ∇`` (MEDI's preconditioner);
+* :func:`periodic_divergence`: ``out = s · ∇ᵀ(z − u)`` with periodic forward differences;
+* :func:`shrink`: TV's ADMM gradient step ``g = ∇χ + u``, ``z = shrink(g, t)``, ``u = g − z``;
+* :func:`data_split`: TV's linear data-splitting step (``v``, ``u_v`` and ``v − u_v``);
+* :func:`cg_update` and :func:`xpby`: the vector updates of conjugate gradients.
+
+Scalars are passed as float32 so that the arithmetic stays float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmprep.qsm._numba import njit, prange
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _add_weighted_laplacian(out, x, v, s, h0, h1, h2):  # pragma: no cover - compiled
+    n0, n1, n2 = x.shape
+    a0 = s / (h0 * h0)
+    a1 = s / (h1 * h1)
+    a2 = s / (h2 * h2)
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                c = x[i, j, k]
+                acc = np.float32(0.0)
+                if i < n0 - 1:
+                    acc -= a0 * v[0, i, j, k] * (x[i + 1, j, k] - c)
+                if i > 0:
+                    acc += a0 * v[0, i - 1, j, k] * (c - x[i - 1, j, k])
+                if j < n1 - 1:
+                    acc -= a1 * v[1, i, j, k] * (x[i, j + 1, k] - c)
+                if j > 0:
+                    acc += a1 * v[1, i, j - 1, k] * (c - x[i, j - 1, k])
+                if k < n2 - 1:
+                    acc -= a2 * v[2, i, j, k] * (x[i, j, k + 1] - c)
+                if k > 0:
+                    acc += a2 * v[2, i, j, k - 1] * (c - x[i, j, k - 1])
+                out[i, j, k] += acc
+
+
+@njit(parallel=True, cache=True)
+def _weighted_laplacian_diagonal(v, h0, h1, h2, out):  # pragma: no cover - compiled
+    _, n0, n1, n2 = v.shape
+    a0 = np.float32(1.0) / (h0 * h0)
+    a1 = np.float32(1.0) / (h1 * h1)
+    a2 = np.float32(1.0) / (h2 * h2)
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                acc = np.float32(0.0)
+                if i < n0 - 1:
+                    acc += a0 * v[0, i, j, k]
+                if i > 0:
+                    acc += a0 * v[0, i - 1, j, k]
+                if j < n1 - 1:
+                    acc += a1 * v[1, i, j, k]
+                if j > 0:
+                    acc += a1 * v[1, i, j - 1, k]
+                if k < n2 - 1:
+                    acc += a2 * v[2, i, j, k]
+                if k > 0:
+                    acc += a2 * v[2, i, j, k - 1]
+                out[i, j, k] = acc
+
+
+@njit(parallel=True, cache=True)
+def _periodic_divergence(z, u, s, h0, h1, h2, out):  # pragma: no cover - compiled
+    _, n0, n1, n2 = z.shape
+    a0, a1, a2 = s / h0, s / h1, s / h2
+    for i in prange(n0):
+        im = i - 1 if i > 0 else n0 - 1
+        for j in range(n1):
+            jm = j - 1 if j > 0 else n1 - 1
+            for k in range(n2):
+                km = k - 1 if k > 0 else n2 - 1
+                out[i, j, k] = (a0 * ((z[0, im, j, k] - u[0, im, j, k]) - (z[0, i, j, k] - u[0, i, j, k]))
+                                + a1 * ((z[1, i, jm, k] - u[1, i, jm, k]) - (z[1, i, j, k] - u[1, i, j, k]))
+                                + a2 * ((z[2, i, j, km] - u[2, i, j, km]) - (z[2, i, j, k] - u[2, i, j, k])))
+
+
+@njit(parallel=True, cache=True)
+def _shrink(chi, z, u, t, h0, h1, h2):  # pragma: no cover - compiled
+    n0, n1, n2 = chi.shape
+    r0, r1, r2 = np.float32(1.0) / h0, np.float32(1.0) / h1, np.float32(1.0) / h2
+    tiny = np.float32(1e-12)
+    zero = np.float32(0.0)
+    for i in prange(n0):
+        ip = i + 1 if i < n0 - 1 else 0
+        for j in range(n1):
+            jp = j + 1 if j < n1 - 1 else 0
+            for k in range(n2):
+                kp = k + 1 if k < n2 - 1 else 0
+                c = chi[i, j, k]
+                g0 = (chi[ip, j, k] - c) * r0 + u[0, i, j, k]
+                g1 = (chi[i, jp, k] - c) * r1 + u[1, i, j, k]
+                g2 = (chi[i, j, kp] - c) * r2 + u[2, i, j, k]
+                mag = np.sqrt(g0 * g0 + g1 * g1 + g2 * g2)
+                f = max(mag - t, zero) / max(mag, tiny)
+                z[0, i, j, k] = g0 * f
+                z[1, i, j, k] = g1 * f
+                z[2, i, j, k] = g2 * f
+                u[0, i, j, k] = g0 - g0 * f
+                u[1, i, j, k] = g1 - g1 * f
+                u[2, i, j, k] = g2 - g2 * f
+
+
+@njit(parallel=True, cache=True)
+def _data_split(dchi, w2f, w2, mu, v, uv, rhs):  # pragma: no cover - compiled
+    n0, n1, n2 = dchi.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                y = dchi[i, j, k] + uv[i, j, k]
+                vv = (w2f[i, j, k] + mu * y) / (w2[i, j, k] + mu)
+                v[i, j, k] = vv
+                uv[i, j, k] = y - vv
+                rhs[i, j, k] = vv - (y - vv)
+
+
+@njit(parallel=True, cache=True)
+def _cg_update(x, r, p, ap, alpha):  # pragma: no cover - compiled
+    n0, n1, n2 = x.shape
+    total = 0.0
+    for i in prange(n0):
+        part = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                x[i, j, k] += alpha * p[i, j, k]
+                rv = r[i, j, k] - alpha * ap[i, j, k]
+                r[i, j, k] = rv
+                part += rv * rv
+        total += part
+    return total
+
+
+@njit(parallel=True, cache=True)
+def _xpby(p, r, beta):  # pragma: no cover - compiled
+    n0, n1, n2 = p.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                p[i, j, k] = r[i, j, k] + beta * p[i, j, k]
+
+
+def _f32(*values):
+    return tuple(np.float32(v) for v in values)
+
+
+def add_weighted_laplacian(out, x, v, scale, voxel_size):
+    """``out += scale · ∇ᵀ(V ∇x)``, ``∇`` forward differences with a zero last row; in place."""
+    _add_weighted_laplacian(out, x, v, *_f32(scale, *voxel_size))
+    return out
+
+
+def weighted_laplacian_diagonal(v, voxel_size):
+    """The diagonal of ``∇ᵀ V ∇`` (``∇`` as in :func:`add_weighted_laplacian`), float32."""
+    out = np.empty(v.shape[1:], dtype=np.float32)
+    _weighted_laplacian_diagonal(v, *_f32(*voxel_size), out)
+    return out
+
+
+def periodic_divergence(z, u, scale, voxel_size, out=None):
+    """``scale · ∇ᵀ(z − u)`` for periodic forward differences ``∇`` (float32)."""
+    out = np.empty(z.shape[1:], dtype=np.float32) if out is None else out
+    _periodic_divergence(z, u, *_f32(scale, *voxel_size), out)
+    return out
+
+
+def shrink(chi, z, u, threshold, voxel_size):
+    """TV's ADMM step in place: ``g = ∇χ + u`` (periodic), ``z = g·max(|g| − t, 0)/|g|``, ``u = g − z``."""
+    _shrink(chi, z, u, *_f32(threshold, *voxel_size))
+
+
+def data_split(dchi, w2f, w2, mu, v, uv, rhs):
+    """TV's linear data step in place: ``y = Dχ + u_v``, ``v = (W²f + μy)/(W² + μ)``, ``u_v = y − v``.
+
+    ``rhs`` receives ``v − u_v``, the next χ update's data input.
+    """
+    _data_split(dchi, w2f, w2, np.float32(mu), v, uv, rhs)
+
+
+def cg_update(x, r, p, ap, alpha):
+    """``x += α p``, ``r −= α Ap`` in place (3D float32); returns ``‖r‖²`` (float64 sum)."""
+    return float(_cg_update(x, r, p, ap, np.float32(alpha)))
+
+
+def xpby(p, r, beta):
+    """``p = r + β p`` in place (3D float32)."""
+    _xpby(p, r, np.float32(beta))
