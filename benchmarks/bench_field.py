@@ -27,42 +27,12 @@ Numbers depend on the machine and its load: report them with the core count.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import resource
 import time
 
 import numpy as np
 
-
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _in_child(stage, score, inputs):
-    """Run ``stage()`` in a forked child; return (``score(its output)``, the stage's seconds, its peak in GB).
-
-    A forked child starts with its parent's resident set, so the stage's peak is taken as
-    the child's high-water mark above its starting RSS (what the stage allocates) plus the
-    bytes of the ``inputs`` it reads (what a pipeline step loads from disk first).
-    """
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-
-    def target():
-        start = _rss_bytes()
-        t0 = time.perf_counter()
-        out = stage()
-        elapsed = time.perf_counter() - t0
-        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
-        child.send((score(out), elapsed, (max(grown, 0) + sum(x.nbytes for x in inputs)) / 1e9))
-
-    proc = ctx.Process(target=target)
-    proc.start()
-    result = parent.recv()
-    proc.join()
-    return result
+from _common import fft_pair_seconds, header, in_child, inversion_grid, row
 
 
 def wrong_fraction(unwrapped, truth, mask):
@@ -99,8 +69,12 @@ def main(argv=None):
     print(f"phantom {opts.size}: {brain.shape} x {len(ph.tes)} echoes, {brain.sum()} brain voxels, "
           f"workers={opts.workers}; input {phase.nbytes / 1e9:.2f} GB of phase")
 
+    grid = inversion_grid(brain)
+    pair = fft_pair_seconds(grid, opts.workers)
+    print(header(pair, grid, opts.workers))
+
     def report(name, seconds, peak, text):
-        print(f"{name:10s} {seconds:7.2f} s  peak {peak:5.2f} GB  {text}")
+        print(row(name, seconds, pair, peak, text))
 
     if "laplacian" in stages:
         def score_laplacian(result):
@@ -108,7 +82,7 @@ def main(argv=None):
             return [float(np.sqrt(np.mean(((out[..., e] - truth[..., e])[tissue]
                                           - np.mean((out[..., e] - truth[..., e])[tissue])) ** 2)))
                     for e in range(out.shape[-1])]
-        err, dt, peak = _in_child(
+        err, dt, peak = in_child(
             lambda: unwrap_echoes(phase, method="laplacian", voxel_size=ph.voxel_size, workers=opts.workers),
             score_laplacian, [phase])
         report("laplacian", dt, peak, "RMS phase error in tissue per echo (rad): "
@@ -128,7 +102,7 @@ def main(argv=None):
             return [(wrong_fraction(out[..., e], truth[..., e], tissue),
                      wrong_fraction(out[..., e], truth[..., e], brain),
                      wrong_fraction(out[..., e], truth[..., e], tight)) for e in range(out.shape[-1])]
-        res, dt, peak = _in_child(
+        res, dt, peak = in_child(
             lambda: unwrap_echoes(phase, method="romeo", voxel_size=ph.voxel_size, mag=mag, tes=ph.tes),
             score_romeo, [phase, mag])
         report("romeo", dt, peak, f"(in-process incl. numba compile: {romeo_inline:.1f} s)")
@@ -148,7 +122,7 @@ def main(argv=None):
                 d -= np.median(d)
                 out.append(float(np.sqrt(np.mean(d**2))))
             return out
-        (rmse_tight, rmse_tissue, rmse_brain), dt, peak = _in_child(
+        (rmse_tight, rmse_tissue, rmse_brain), dt, peak = in_child(
             lambda: fit_field(unwrapped, mag, ph.tes, ph.b0, method=method, phase_wrapped=phase),
             score_fit, [unwrapped, mag] + ([phase] if method == "nonlinear" else []))
         report(method, dt, peak, f"field RMSE {rmse_tight:.4f} ppm in the refined mask, "
@@ -162,7 +136,7 @@ def main(argv=None):
             r2s, reliable = result
             rel = np.abs(r2s - ph.r2star)[tissue] / ph.r2star[tissue]
             return float(np.median(rel)), float(reliable[tissue].mean())
-        (med, rel_frac), dt, peak = _in_child(lambda: r2star_map(mag, ph.tes, method=method), score_r2, [mag])
+        (med, rel_frac), dt, peak = in_child(lambda: r2star_map(mag, ph.tes, method=method), score_r2, [mag])
         report(method, dt, peak, f"R2* median relative error in tissue {100 * med:.2f} %, "
                f"reliable {100 * rel_frac:.1f} % of tissue")
     print(f"process peak RSS (phantom, signal and truth): "

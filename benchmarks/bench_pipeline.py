@@ -5,10 +5,13 @@ Usage::
     python benchmarks/bench_pipeline.py [--size full|small] [--config preset.json] [--nprocs 2]
                                         [--keep DIR [--reuse]]
 
-Prints the wall time of the run, each node's duration (from Nipype's results; the steps run
-now, in the order they finished) and the peak resident memory of this process and its
-children, plus the deep-grey ROI accuracy against the phantom truth.  Numbers depend on the
-machine: report them with its core count.
+Prints the wall time of the run and a per-stage table: each node's duration (from Nipype's
+results; the steps run now, in the order they finished), the same in FFT pairs of the padded
+inversion grid measured in this process first (``benchmarks/_common.py``) and its peak
+memory (Nipype's resource monitor, which samples each node's process tree once a second, so
+a spike shorter than that can be missed); then the peak resident memory of this process and
+its children, and the deep-grey ROI accuracy against the phantom truth.  Numbers depend on
+the machine: report them with its core count, the FFT-pair column compares across machines.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from _common import fft_pair_seconds, header, inversion_grid, row
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,6 +40,7 @@ def main(argv=None):
                              "second preset recomputes only the steps it changes (e.g. the inversion)")
     args = parser.parse_args(argv)
 
+    from nipype import config as nipype_config
     from nipype.utils.filemanip import loadpkl
 
     from qsmprep.analysis.validation import compare_roi_means, format_comparison
@@ -46,6 +52,15 @@ def main(argv=None):
     if not (args.reuse and (root / "bids" / "dataset_description.json").exists()):
         write_demo_dataset(root, size=args.size, n_subjects=1, overwrite=True)
     t_demo = time.perf_counter() - t0
+    mask = np.asarray(nib.load(root / "truth/sub-01/sub-01_desc-brain_mask.nii.gz").dataobj) > 0
+    grid = inversion_grid(mask)
+    pair = fft_pair_seconds(grid, args.nprocs)
+    try:
+        import importlib
+        importlib.import_module("psutil")  # pip install -e ".[bench]"
+        nipype_config.enable_resource_monitor()
+    except ImportError:
+        print("psutil is not installed (pip install -e '.[bench]'): no per-node peak memory")
     cmd = [str(root / "bids"), str(root / "out"), "participant", "-w", str(root / "work"),
            "--nprocs", str(args.nprocs)]
     if args.config:
@@ -56,13 +71,14 @@ def main(argv=None):
     if rc:
         return rc
     print(f"demo generation ({args.size}): {t_demo:.1f} s")
-    print(f"qsmprep participant ({args.size}, --nprocs {args.nprocs}): {wall:.1f} s wall")
+    print(header(pair, grid, args.nprocs))
+    print(row(f"participant (wall, --nprocs {args.nprocs})", wall, pair))
     for res in sorted((root / "work").rglob("result_*.pklz"), key=lambda p: p.stat().st_mtime):
         if res.stat().st_mtime < started:
             continue  # reused from an earlier run (--reuse): not run now
-        node = res.parent.name
-        duration = getattr(loadpkl(res).runtime, "duration", float("nan"))
-        print(f"  {node:<24}{duration:8.2f} s")
+        runtime = loadpkl(res).runtime
+        peak = getattr(runtime, "mem_peak_gb", None)
+        print(row("  " + res.parent.name, getattr(runtime, "duration", float("nan")), pair, peak))
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     print(f"peak RSS: {max(peak_self, peak_child):.2f} GB (largest single process)")

@@ -11,30 +11,20 @@ the fraction of the background field left when it is fed the background alone; t
 scores deeper than 20 mm from the mask's edge, and the method's floor on this phantom: its
 score when fed the true local field alone (no background at all).  Inversion
 runs on the true local field plus field noise of 0.001 ppm (SNR-100-like) and is scored by
-the voxel NRMSE inside the brain, deep-grey ROI mean error and slope.  Each line gives the
-wall time and the Python-heap peak of the call (tracemalloc; numpy buffers are included);
-the process's peak resident memory (which includes the phantom) is printed at the end.
+the voxel NRMSE inside the brain, deep-grey ROI mean error and slope.  Each stage runs in a
+forked child (after an untimed call on a 40-voxel crop, which compiles its numba code); each
+line gives its wall time, the time in FFT pairs of the padded inversion grid
+(``benchmarks/_common.py``) and its peak memory (inputs plus what it allocates).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import time
-import tracemalloc
 
 import numpy as np
 from scipy import ndimage as ndi
 
-
-def _timed(func):
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    out = func()
-    elapsed = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return out, elapsed, peak / 1e9
+from _common import fft_pair_seconds, header, in_child, inversion_grid, row
 
 
 def main(argv=None):
@@ -52,6 +42,10 @@ def main(argv=None):
     ph = make_phantom(opts.size)
     mask = ph.brain_mask
     print(f"phantom {opts.size}: {mask.shape}, {mask.sum()} brain voxels, workers={opts.workers}")
+    grid = inversion_grid(mask)
+    pair = fft_pair_seconds(grid, opts.workers)
+    print(header(pair, grid, opts.workers))
+    crop = tuple(slice(n // 2 - 20, n // 2 + 20) for n in mask.shape)
     depth = ndi.distance_transform_edt(mask, sampling=ph.voxel_size)
 
     def score(local, valid):
@@ -60,10 +54,14 @@ def main(argv=None):
         return np.sqrt(np.mean((e - t) ** 2)) / t.std(), np.corrcoef(e, t)[0, 1]
 
     for method in filter(None, opts.background.split(",")):
-        (local, valid, info), dt, peak = _timed(lambda: remove_background(
-            ph.total_field, mask, ph.voxel_size, method=method, b0_dir=ph.b0_dir, workers=opts.workers))
-        rel, r = score(local, valid)
-        deep_rel, deep_r = score(local, valid & (depth > 20))
+        def run_background(field=ph.total_field, sl=(slice(None),) * 3, method=method):
+            return remove_background(field[sl], mask[sl], ph.voxel_size, method=method, b0_dir=ph.b0_dir,
+                                     workers=opts.workers)
+
+        (rel, r, deep_rel, deep_r, valid_sum), dt, peak = in_child(
+            run_background, lambda res: (*score(res[0], res[1]), *score(res[0], res[1] & (depth > 20)),
+                                         int(res[1].sum())),
+            [ph.total_field, mask], warmup=lambda: run_background(sl=crop))
         left, v2, _ = remove_background(np.where(mask, ph.background_field, 0), mask, ph.voxel_size,
                                         method=method, b0_dir=ph.b0_dir, workers=opts.workers)
         frac = left[v2].std() / ph.background_field[v2].std()
@@ -73,10 +71,10 @@ def main(argv=None):
         alone, v3, _ = remove_background(np.where(mask, ph.local_field, 0), mask, ph.voxel_size,
                                          method=method, b0_dir=ph.b0_dir, workers=opts.workers)
         floor_rel, floor_r = score(alone, v3)
-        print(f"background {method:7s} {dt:6.1f} s  heap {peak:4.2f} GB  rel.RMSE {rel:.3f}  r {r:.3f}  "
-              f"(> 20 mm deep: {deep_rel:.3f}, r {deep_r:.3f})  background left {100 * frac:.2f} %  "
-              f"valid {valid.sum() / mask.sum():.3f}; fed the true local field alone: rel.RMSE "
-              f"{floor_rel:.3f}, r {floor_r:.3f}")
+        print(row(f"background {method}", dt, pair, peak,
+                  f"rel.RMSE {rel:.3f}  r {r:.3f}  (> 20 mm deep: {deep_rel:.3f}, r {deep_r:.3f})  "
+                  f"background left {100 * frac:.2f} %  valid {valid_sum / mask.sum():.3f}; fed the true "
+                  f"local field alone: rel.RMSE {floor_rel:.3f}, r {floor_r:.3f}"))
 
     rng = np.random.default_rng(0)
     field = np.where(mask, ph.local_field + rng.normal(0, 1e-3, mask.shape).astype(np.float32), 0)
@@ -85,16 +83,22 @@ def main(argv=None):
     truth = ph.chi - ph.chi[mask].mean()
     true_roi = np.array([truth[ph.labels == lab].mean() for lab in DEEP_GREY_LABELS])
     for method in filter(None, opts.inversion.split(",")):
-        (chi, info), dt, peak = _timed(lambda: invert(
-            field, mask, ph.voxel_size, ph.b0_dir, method=method, magnitude=magnitude, noise=noise,
-            r2star=ph.r2star, workers=opts.workers))
-        c = chi - chi[mask].mean()
-        nrmse = np.linalg.norm((c - truth)[mask]) / np.linalg.norm(truth[mask])
-        roi = np.array([c[ph.labels == lab].mean() for lab in DEEP_GREY_LABELS])
-        slope = np.polyfit(true_roi, roi, 1)[0]
-        print(f"inversion  {method:7s} {dt:6.1f} s  heap {peak:4.2f} GB  NRMSE {nrmse:.3f}  "
-              f"deep-grey |err| {np.abs(roi - true_roi).mean():.4f} ppm  slope {slope:.3f}")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+        def run_inversion(sl=(slice(None),) * 3, method=method):
+            return invert(field[sl], mask[sl], ph.voxel_size, ph.b0_dir, method=method, magnitude=magnitude[sl],
+                          noise=noise[sl], r2star=ph.r2star[sl], workers=opts.workers)
+
+        def score_inversion(res):
+            chi, info = res
+            c = chi - chi[mask].mean()
+            nrmse = np.linalg.norm((c - truth)[mask]) / np.linalg.norm(truth[mask])
+            roi = np.array([c[ph.labels == lab].mean() for lab in DEEP_GREY_LABELS])
+            iters = {k: v for k, v in info.items() if "iterations" in k}
+            return nrmse, np.abs(roi - true_roi).mean(), np.polyfit(true_roi, roi, 1)[0], iters
+
+        (nrmse, err, slope, iters), dt, peak = in_child(
+            run_inversion, score_inversion, [field, mask, magnitude, noise], warmup=lambda: run_inversion(crop))
+        print(row(f"inversion {method}", dt, pair, peak,
+                  f"NRMSE {nrmse:.3f}  deep-grey |err| {err:.4f} ppm  slope {slope:.3f}  {iters}"))
 
 
 if __name__ == "__main__":
