@@ -1,9 +1,10 @@
 """What the benchmarks share: the FFT-pair unit, forked stages with their peak memory, a table.
 
 Every stage's time is also given as a multiple of one FFT pair (``rfftn`` + ``irfftn``, float32,
-``workers`` threads) of the padded grid that dipole inversion works on, measured in the same
-process just before (:func:`fft_pair_seconds`), so the ratios compare across machines: an
-iterative inversion is a count of such pairs plus element-wise work.
+``workers`` threads) of the padded grid that dipole inversion works on, timed in the same
+process around the stage (:func:`fft_pair_seconds`, :func:`in_child`'s ``pair``), so the
+ratios compare across machines, and hold on a shared host whose speed drifts: an iterative
+inversion is a count of such pairs plus element-wise work.
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def in_child(stage, score, inputs, *, warmup=None):
-    """Run ``stage()`` in a forked child; return (``score(output)``, seconds, peak GB).
+def in_child(stage, score, inputs, *, warmup=None, pair=None):
+    """Run ``stage()`` in a forked child; return (``score(output)``, seconds, peak GB, pair seconds).
 
     A forked child starts with its parent's resident set, so the stage's peak is the child's
     high-water mark above its starting RSS (what the stage allocates) plus the bytes of the
     ``inputs`` it reads (what a pipeline step loads from disk first).  ``warmup``, if given,
     runs first in the child, untimed (e.g. a small call that compiles numba code; its memory
-    is in the high-water mark only if it exceeds the stage's).
+    is in the high-water mark only if it exceeds the stage's).  ``pair``, ``(shape, workers)``,
+    has the child time an FFT pair (:func:`fft_pair_seconds`) just before and just after the
+    stage and return their mean, so the stage's FFT-pair ratio holds on a machine whose speed
+    drifts (a shared host); else the last value is None.
     """
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
@@ -62,12 +66,14 @@ def in_child(stage, score, inputs, *, warmup=None):
     def target():
         if warmup is not None:
             warmup()
+        before = fft_pair_seconds(*pair) if pair else None
         start = _rss_bytes()
         t0 = time.perf_counter()
         out = stage()
         elapsed = time.perf_counter() - t0
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
-        child.send((score(out), elapsed, (max(grown, 0) + sum(x.nbytes for x in inputs)) / 1e9))
+        unit = 0.5 * (before + fft_pair_seconds(*pair)) if pair else None
+        child.send((score(out), elapsed, (max(grown, 0) + sum(x.nbytes for x in inputs)) / 1e9, unit))
 
     proc = ctx.Process(target=target)
     proc.start()
@@ -84,5 +90,6 @@ def row(name, seconds, pair, peak_gb=None, text=""):
 
 def header(pair, shape, workers):
     """The table's first line: the unit and the grid it was measured on."""
-    return (f"one FFT pair of the padded inversion grid {shape} with {workers} worker(s): {pair:.4f} s\n"
+    return (f"one FFT pair of the padded inversion grid {shape} with {workers} worker(s): {pair:.4f} s "
+            f"(forked stages' ratios use a pair timed around each)\n"
             f"{'stage':<24s} {'seconds':>10s} {'fft_pairs':>14s}  {'peak':>8s}")

@@ -73,8 +73,8 @@ def main(argv=None):
     pair = fft_pair_seconds(grid, opts.workers)
     print(header(pair, grid, opts.workers))
 
-    def report(name, seconds, peak, text):
-        print(row(name, seconds, pair, peak, text))
+    def report(name, seconds, peak, unit, text):
+        print(row(name, seconds, unit, peak, text))
 
     if "laplacian" in stages:
         def score_laplacian(result):
@@ -82,10 +82,10 @@ def main(argv=None):
             return [float(np.sqrt(np.mean(((out[..., e] - truth[..., e])[tissue]
                                           - np.mean((out[..., e] - truth[..., e])[tissue])) ** 2)))
                     for e in range(out.shape[-1])]
-        err, dt, peak = in_child(
+        err, dt, peak, unit = in_child(
             lambda: unwrap_echoes(phase, method="laplacian", voxel_size=ph.voxel_size, workers=opts.workers),
-            score_laplacian, [phase])
-        report("laplacian", dt, peak, "RMS phase error in tissue per echo (rad): "
+            score_laplacian, [phase], pair=(grid, opts.workers))
+        report("laplacian", dt, peak, unit, "RMS phase error in tissue per echo (rad): "
                + " ".join(f"{e:.2f}" for e in err))
 
     unwrapped = quality = None
@@ -102,10 +102,10 @@ def main(argv=None):
             return [(wrong_fraction(out[..., e], truth[..., e], tissue),
                      wrong_fraction(out[..., e], truth[..., e], brain),
                      wrong_fraction(out[..., e], truth[..., e], tight)) for e in range(out.shape[-1])]
-        res, dt, peak = in_child(
+        res, dt, peak, unit = in_child(
             lambda: unwrap_echoes(phase, method="romeo", voxel_size=ph.voxel_size, mag=mag, tes=ph.tes),
-            score_romeo, [phase, mag])
-        report("romeo", dt, peak, f"(in-process incl. numba compile: {romeo_inline:.1f} s)")
+            score_romeo, [phase, mag], pair=(grid, opts.workers))
+        report("romeo", dt, peak, unit, f"(in-process incl. numba compile: {romeo_inline:.1f} s)")
         for e, (a, b, c) in enumerate(res):
             print(f"           echo {e + 1}: wrong voxels {100 * a:.3f} % in tissue, {100 * b:.3f} % in the "
                   f"true brain mask, {100 * c:.4f} % in the refined mask")
@@ -122,10 +122,10 @@ def main(argv=None):
                 d -= np.median(d)
                 out.append(float(np.sqrt(np.mean(d**2))))
             return out
-        (rmse_tight, rmse_tissue, rmse_brain), dt, peak = in_child(
+        (rmse_tight, rmse_tissue, rmse_brain), dt, peak, unit = in_child(
             lambda: fit_field(unwrapped, mag, ph.tes, ph.b0, method=method, phase_wrapped=phase),
-            score_fit, [unwrapped, mag] + ([phase] if method == "nonlinear" else []))
-        report(method, dt, peak, f"field RMSE {rmse_tight:.4f} ppm in the refined mask, "
+            score_fit, [unwrapped, mag] + ([phase] if method == "nonlinear" else []), pair=(grid, opts.workers))
+        report(method, dt, peak, unit, f"field RMSE {rmse_tight:.4f} ppm in the refined mask, "
                f"{rmse_tissue:.4f} ppm in tissue, {rmse_brain:.4f} ppm in the true brain mask")
 
     for method in ("loglinear", "arlo"):
@@ -136,8 +136,9 @@ def main(argv=None):
             r2s, reliable = result
             rel = np.abs(r2s - ph.r2star)[tissue] / ph.r2star[tissue]
             return float(np.median(rel)), float(reliable[tissue].mean())
-        (med, rel_frac), dt, peak = in_child(lambda: r2star_map(mag, ph.tes, method=method), score_r2, [mag])
-        report(method, dt, peak, f"R2* median relative error in tissue {100 * med:.2f} %, "
+        (med, rel_frac), dt, peak, unit = in_child(lambda: r2star_map(mag, ph.tes, method=method), score_r2, [mag],
+                                                   pair=(grid, opts.workers))
+        report(method, dt, peak, unit, f"R2* median relative error in tissue {100 * med:.2f} %, "
                f"reliable {100 * rel_frac:.1f} % of tissue")
     print(f"process peak RSS (phantom, signal and truth): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")

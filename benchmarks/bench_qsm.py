@@ -58,10 +58,10 @@ def main(argv=None):
             return remove_background(field[sl], mask[sl], ph.voxel_size, method=method, b0_dir=ph.b0_dir,
                                      workers=opts.workers)
 
-        (rel, r, deep_rel, deep_r, valid_sum), dt, peak = in_child(
+        (rel, r, deep_rel, deep_r, valid_sum), dt, peak, unit = in_child(
             run_background, lambda res: (*score(res[0], res[1]), *score(res[0], res[1] & (depth > 20)),
                                          int(res[1].sum())),
-            [ph.total_field, mask], warmup=lambda: run_background(sl=crop))
+            [ph.total_field, mask], warmup=lambda: run_background(sl=crop), pair=(grid, opts.workers))
         left, v2, _ = remove_background(np.where(mask, ph.background_field, 0), mask, ph.voxel_size,
                                         method=method, b0_dir=ph.b0_dir, workers=opts.workers)
         frac = left[v2].std() / ph.background_field[v2].std()
@@ -71,7 +71,7 @@ def main(argv=None):
         alone, v3, _ = remove_background(np.where(mask, ph.local_field, 0), mask, ph.voxel_size,
                                          method=method, b0_dir=ph.b0_dir, workers=opts.workers)
         floor_rel, floor_r = score(alone, v3)
-        print(row(f"background {method}", dt, pair, peak,
+        print(row(f"background {method}", dt, unit, peak,
                   f"rel.RMSE {rel:.3f}  r {r:.3f}  (> 20 mm deep: {deep_rel:.3f}, r {deep_r:.3f})  "
                   f"background left {100 * frac:.2f} %  valid {valid_sum / mask.sum():.3f}; fed the true "
                   f"local field alone: rel.RMSE {floor_rel:.3f}, r {floor_r:.3f}"))
@@ -95,9 +95,10 @@ def main(argv=None):
             iters = {k: v for k, v in info.items() if "iterations" in k}
             return nrmse, np.abs(roi - true_roi).mean(), np.polyfit(true_roi, roi, 1)[0], iters
 
-        (nrmse, err, slope, iters), dt, peak = in_child(
-            run_inversion, score_inversion, [field, mask, magnitude, noise], warmup=lambda: run_inversion(crop))
-        print(row(f"inversion {method}", dt, pair, peak,
+        (nrmse, err, slope, iters), dt, peak, unit = in_child(
+            run_inversion, score_inversion, [field, mask, magnitude, noise], warmup=lambda: run_inversion(crop),
+            pair=(grid, opts.workers))
+        print(row(f"inversion {method}", dt, unit, peak,
                   f"NRMSE {nrmse:.3f}  deep-grey |err| {err:.4f} ppm  slope {slope:.3f}  {iters}"))
 
 
