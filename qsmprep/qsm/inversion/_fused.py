@@ -8,7 +8,6 @@ costs little more than its FFTs.  Each has the numpy operators of
 * :func:`add_weighted_laplacian`: ``out += s · ∇ᵀ(V ∇x)`` with
   :func:`qsmprep.qsm.kernels.gradient`'s forward differences (zero last row), MEDI's
   lagged-diffusivity operator;
-* :func:`weighted_laplacian_diagonal`: the diagonal of ``∇ᵀ V ∇`` (MEDI's preconditioner);
 * :func:`periodic_divergence`: ``out = s · ∇ᵀ(z − u)`` with periodic forward differences;
 * :func:`shrink`: TV's ADMM gradient step ``g = ∇χ + u``, ``z = shrink(g, t)``, ``u = g − z``;
 * :func:`data_split`: TV's linear data-splitting step (``v``, ``u_v`` and ``v − u_v``);
@@ -48,31 +47,6 @@ def _add_weighted_laplacian(out, x, v, s, h0, h1, h2):  # pragma: no cover - com
                 if k > 0:
                     acc += a2 * v[2, i, j, k - 1] * (c - x[i, j, k - 1])
                 out[i, j, k] += acc
-
-
-@njit(parallel=True, cache=True)
-def _weighted_laplacian_diagonal(v, h0, h1, h2, out):  # pragma: no cover - compiled
-    _, n0, n1, n2 = v.shape
-    a0 = np.float32(1.0) / (h0 * h0)
-    a1 = np.float32(1.0) / (h1 * h1)
-    a2 = np.float32(1.0) / (h2 * h2)
-    for i in prange(n0):
-        for j in range(n1):
-            for k in range(n2):
-                acc = np.float32(0.0)
-                if i < n0 - 1:
-                    acc += a0 * v[0, i, j, k]
-                if i > 0:
-                    acc += a0 * v[0, i - 1, j, k]
-                if j < n1 - 1:
-                    acc += a1 * v[1, i, j, k]
-                if j > 0:
-                    acc += a1 * v[1, i, j - 1, k]
-                if k < n2 - 1:
-                    acc += a2 * v[2, i, j, k]
-                if k > 0:
-                    acc += a2 * v[2, i, j, k - 1]
-                out[i, j, k] = acc
 
 
 @njit(parallel=True, cache=True)
@@ -161,13 +135,6 @@ def _f32(*values):
 def add_weighted_laplacian(out, x, v, scale, voxel_size):
     """``out += scale · ∇ᵀ(V ∇x)``, ``∇`` forward differences with a zero last row; in place."""
     _add_weighted_laplacian(out, x, v, *_f32(scale, *voxel_size))
-    return out
-
-
-def weighted_laplacian_diagonal(v, voxel_size):
-    """The diagonal of ``∇ᵀ V ∇`` (``∇`` as in :func:`add_weighted_laplacian`), float32."""
-    out = np.empty(v.shape[1:], dtype=np.float32)
-    _weighted_laplacian_diagonal(v, *_f32(*voxel_size), out)
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmprep.qsm import kernels
+from qsmprep.qsm.inversion._fused import cg_update, xpby
 
 
 # --------------------------------------------------------------------------------------
@@ -252,8 +253,6 @@ def _cg(apply_a, b, *, tol, max_iter):
     Stops when ``‖b − A x‖ ≤ tol ‖b‖``.  The vector updates are fused compiled passes
     (:func:`qsmprep.qsm.inversion._fused.cg_update`).  Returns (x, iterations).
     """
-    from qsmprep.qsm.inversion._fused import cg_update, xpby
-
     b = np.ascontiguousarray(b, dtype=np.float32)
     x = np.zeros_like(b)
     r = b.copy()
