@@ -109,6 +109,20 @@ def test_register_validates_options(tmp_path, option, value):
         register(tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", tmp_path / "x_", **{option: value})
 
 
+def test_chained_linear_stages_share_the_pyramid():
+    """Rigid stops above full resolution, the affine that refines it starts below the coarsest level."""
+    from qsmprep.anat import LINEAR_PRESETS, linear_schedule
+
+    p = LINEAR_PRESETS["precise"]
+    full = list(zip(p["shrink_factors"], p["smoothing_sigmas"], p["iterations"]))
+    assert linear_schedule(("rigid",)) == [("rigid", full)]
+    assert linear_schedule(("rigid", "affine", "syn")) == [("rigid", full[:-1]), ("affine", full[1:])]
+    assert [lv[-1][0] for _, lv in linear_schedule(("translation", "rigid", "affine"))] == [2, 2, 1]
+    assert linear_schedule(("affine", "syn"), "sloppy")[0][1][0][0] == LINEAR_PRESETS["sloppy"]["shrink_factors"][0]
+    with pytest.raises(ValueError, match="preset"):
+        linear_schedule(("rigid",), "fast")
+
+
 def test_t1w_brain_extraction_without_template(small_pair):
     from qsmprep.demo import BRAIN_LABELS, DEEP_GREY_LABELS
 

@@ -4,7 +4,8 @@ Pure functions on NIfTI files (no Nipype); :mod:`qsmprep.interfaces.registration
 antspyx is imported when a function first needs it, not by ``import qsmprep.anat``.
 
 - :mod:`~qsmprep.anat.registration`: :func:`register`, :func:`apply_transforms`,
-  :func:`set_threads` and the presets (:data:`LINEAR_PRESETS`, :data:`SYN_PRESETS`);
+  :func:`set_threads`, the presets (:data:`LINEAR_PRESETS`, :data:`SYN_PRESETS`) and
+  :func:`linear_schedule` (their levels split between chained linear stages);
 - :mod:`~qsmprep.anat.transforms`: ITK affine files (:func:`read_affine`, :func:`write_affine`,
   :func:`invert_affine_file`), :func:`rigid_error`, :func:`resample_to`;
 - :mod:`~qsmprep.anat.brain`: :func:`brain_mask_threshold`, :func:`brain_extract_t1w`;
@@ -14,12 +15,13 @@ antspyx is imported when a function first needs it, not by ``import qsmprep.anat
 from qsmprep.anat.brain import brain_extract_t1w, brain_mask_threshold
 from qsmprep.anat.coreg import coregister_gre_to_t1w, write_dilated_mask
 from qsmprep.anat.registration import (
-    INITIALIZATIONS, INTERPOLATIONS, LINEAR_PRESETS, STAGES, SYN_PRESETS, apply_transforms, register, set_threads,
+    INITIALIZATIONS, INTERPOLATIONS, LINEAR_PRESETS, STAGES, SYN_PRESETS, apply_transforms, linear_schedule, register,
+    set_threads,
 )
 from qsmprep.anat.transforms import invert_affine_file, read_affine, resample_to, rigid_error, write_affine
 
 __all__ = [
-    "INITIALIZATIONS", "INTERPOLATIONS", "LINEAR_PRESETS", "STAGES", "SYN_PRESETS",
+    "INITIALIZATIONS", "INTERPOLATIONS", "LINEAR_PRESETS", "STAGES", "SYN_PRESETS", "linear_schedule",
     "apply_transforms", "brain_extract_t1w", "brain_mask_threshold", "coregister_gre_to_t1w", "invert_affine_file",
     "read_affine", "register", "resample_to", "rigid_error", "set_threads", "write_affine", "write_dilated_mask",
 ]

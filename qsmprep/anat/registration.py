@@ -47,6 +47,36 @@ SYN_PRESETS = {
                "iterations": (100, 70, 50), "metric": "MI", "radius_or_bins": 32},
 }
 STAGES = ("translation", "rigid", "affine", "syn")
+
+
+def linear_schedule(stages, preset="precise"):
+    """The pyramid each linear stage of ``stages`` runs: ``[(stage, levels), ...]``.
+
+    ``levels`` is a list of ``(shrink factor, smoothing sigma in voxels, iterations)`` from
+    :data:`LINEAR_PRESETS`.  In a chain of linear stages each starts from the previous one's
+    result, so a stage followed by another linear stage stops before the full-resolution
+    level (the next one refines there) and a stage that follows another skips the coarsest
+    level (the alignment it would find is the one it starts from).  A single linear stage
+    runs the whole pyramid.  Measured on the 1 mm demo (GRE→T1w rigid + affine, three head
+    motions up to 10° and 8 mm, 2 cores): 44.4/46.0/42.3 s → 25.8/33.3/29.9 s, rotation
+    error against the true motion 0.081/0.195/0.077° → 0.027/0.104/0.086°, translation
+    0.038/0.065/0.028 → 0.034/0.046/0.030 mm (dropping the full-resolution level of *both*
+    stages instead doubled the rotation error, 0.19°).
+    """
+    if preset not in LINEAR_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(LINEAR_PRESETS)}, got {preset!r}")
+    p = LINEAR_PRESETS[preset]
+    levels = list(zip(p["shrink_factors"], p["smoothing_sigmas"], p["iterations"]))
+    linear = [s for s in stages if s != "syn"]
+    out = []
+    for i, stage in enumerate(linear):
+        lv = levels
+        if i + 1 < len(linear) and len(lv) > 1:
+            lv = lv[:-1]
+        if i > 0 and len(lv) > 1:
+            lv = lv[1:]
+        out.append((stage, lv))
+    return out
 INTERPOLATIONS = ("linear", "nearestNeighbor", "genericLabel", "bSpline", "lanczosWindowedSinc")
 INITIALIZATIONS = {"geometry": 0, "moments": 1, "origin": 2}
 
@@ -87,7 +117,8 @@ def register(fixed, moving, out_prefix, *, stages=("rigid", "affine"), preset="p
     stages : sequence of {"translation", "rigid", "affine", "syn"}
         Stages in order; linear stages are collapsed into one affine.
     preset : {"precise", "sloppy"}
-        Pyramid, iterations and sampling of the linear stages (:data:`LINEAR_PRESETS`).
+        Pyramid, iterations and sampling of the linear stages (:data:`LINEAR_PRESETS`,
+        split between chained linear stages by :func:`linear_schedule`).
     fixed_mask, moving_mask : path-like, optional
         Metric masks (every stage).
     initialize : {"moments", "geometry", "origin"}
@@ -153,6 +184,7 @@ def register(fixed, moving, out_prefix, *, stages=("rigid", "affine"), preset="p
         args += ["--initial-moving-transform", f"[{fixed},{moving},{INITIALIZATIONS[initialize]}]"]
     masks = f"[{os.fspath(fixed_mask) if fixed_mask else 'NA'},{os.fspath(moving_mask) if moving_mask else 'NA'}]"
     last_linear = max((i for i, s in enumerate(stages) if s != "syn"), default=-1)
+    schedule = iter(linear_schedule(stages, preset))
     for stage in stages:
         if stage == "syn":
             if syn["metric"] == "CC":
@@ -171,10 +203,12 @@ def register(fixed, moving, out_prefix, *, stages=("rigid", "affine"), preset="p
                 metric = f"GC[{fixed},{moving},1,1,{strategy},{lin['sampling_rate']}]"
             else:
                 metric = f"MeanSquares[{fixed},{moving},1,1,{strategy},{lin['sampling_rate']}]"
+            _, levels = next(schedule)
+            shrink, sigmas, iters = zip(*levels)
             args += ["--transform", f"{name}[0.1]", "--metric", metric,
-                     "--convergence", f"[{_vec(lin['iterations'])},1e-6,10]",
-                     "--shrink-factors", _vec(lin["shrink_factors"]),
-                     "--smoothing-sigmas", _vec(lin["smoothing_sigmas"]) + "vox"]
+                     "--convergence", f"[{_vec(iters)},1e-6,10]",
+                     "--shrink-factors", _vec(shrink),
+                     "--smoothing-sigmas", _vec(sigmas) + "vox"]
     if fixed_mask or moving_mask:  # one mask specification: used by every stage
         args += ["--masks", masks]
     ret = _lib("antsRegistration")([str(a) for a in args])

@@ -15,8 +15,14 @@ from nipype.interfaces.base import (
 )
 
 from qsmprep.anat import (
-    INTERPOLATIONS, LINEAR_PRESETS, SYN_PRESETS, apply_transforms, brain_extract_t1w, coregister_gre_to_t1w, register,
+    INTERPOLATIONS, LINEAR_PRESETS, SYN_PRESETS, apply_transforms, brain_extract_t1w, coregister_gre_to_t1w,
+    linear_schedule, register,
 )
+
+
+def _levels(stages, preset):
+    """Sidecar form of :func:`qsmprep.anat.linear_schedule`: ``{stage: [[shrink, sigma, iterations], ...]}``."""
+    return {stage: [list(level) for level in levels] for stage, levels in linear_schedule(stages, preset)}
 
 
 class _BrainExtractInputSpec(BaseInterfaceInputSpec):
@@ -99,6 +105,7 @@ class CoregGREtoT1w(SimpleInterface):
             + ", Mattes mutual information, multi-resolution",
             "RegistrationPreset": inp.preset,
             "RegistrationParameters": dict(LINEAR_PRESETS[inp.preset]),
+            "RegistrationLevels": _levels(tuple(inp.stages), inp.preset),
         }
         return runtime
 
@@ -143,6 +150,7 @@ class RegisterToTemplate(SimpleInterface):
                else "(cross-correlation radius 2)"),
             "RegistrationPreset": preset,
             "RegistrationParameters": {"linear": dict(LINEAR_PRESETS[preset]), "syn": dict(SYN_PRESETS[preset])},
+            "RegistrationLevels": _levels(("rigid", "affine"), preset),
         }
         return runtime
 
