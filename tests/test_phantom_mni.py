@@ -1,0 +1,91 @@
+"""The second phantom family (benchmarks/phantom_mni.py): physics and encodings, on its 3 mm variant."""
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import phantom_mni as P  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small():
+    return P.make_mni_phantom(3.0, protocol="oblique3t", snr=1e6, workers=1)
+
+
+def test_shim_terms_are_harmonic():
+    """Every shim basis function has zero Laplacian (a free x², y², z² fit would not)."""
+    h = 0.05
+    g = np.arange(-1, 1 + h / 2, h)
+    x, y, z = np.meshgrid(g, g, g, indexing="ij")
+    for f in P._solid_harmonics(x, y, z):
+        lap = sum(np.gradient(np.gradient(f, h, axis=a), h, axis=a) for a in range(3))
+        assert np.abs(lap[3:-3, 3:-3, 3:-3]).max() < 1e-8
+    lap = sum(np.gradient(np.gradient(x * x, h, axis=a), h, axis=a) for a in range(3))
+    assert np.allclose(lap[3:-3, 3:-3, 3:-3], 2.0)  # what the check catches: x² alone is not harmonic
+
+
+def test_anatomy_labels_values_and_geometry(small):
+    ph = small
+    present = set(np.unique(ph.labels))
+    assert set(range(1, 12)) - {12} <= present | {12} and {13, 14, 15}.issubset(present)
+    for name in ("pallidum", "putamen", "thalamus", "wm", "gm"):
+        k, chi, _, _ = P.TISSUES[name]
+        sel = (ph.labels == k) & ph.brain_mask
+        assert abs(np.median(ph.chi[sel]) - chi) < 0.35 * abs(chi) + 0.01, name
+    # oblique slices: the B0 direction in voxel axes is what the affine says (qsmprep reads it there)
+    from qsmprep.qsm.kernels import b0_direction
+
+    assert np.allclose(b0_direction(ph.affine), ph.b0_dir, atol=1e-6)
+    assert ph.b0_dir[2] < 0.99
+    # the brain mask covers parenchyma and nuclei, not skull or air
+    assert not np.isin(ph.labels[ph.brain_mask], (13, 14, 15)).any()
+
+
+def test_signal_follows_the_field_without_inverse_crime(small):
+    """Phase differences between echoes give the shimmed field; the signal is not point-sampled."""
+    ph = small
+    tes = np.asarray(ph.protocol.tes)
+    s = ph.signal
+    core = ph.brain_mask & np.isin(ph.labels, (8, 9))
+
+    def error(factor):  # the echo difference against the field, modulo 2π (ΔTE 5 ms wraps above 0.125 ppm)
+        scale = factor * 2 * np.pi * P.GAMMA_BAR * ph.protocol.b0 * (tes[1] - tes[0]) * 1e-6   # rad per ppm
+        return np.abs(np.angle(s[..., 1] * np.conj(s[..., 0]) * np.exp(-1j * scale * ph.total_field))[core] / scale)
+
+    err = error(1.0)
+    # what is left is the intravoxel average of exp(iφ) at 3 mm, not of φ (no inverse crime) ...
+    assert np.median(err) < 0.01 and np.percentile(err, 95) < 0.05, np.percentile(err, [50, 95])
+    # ... and the scale 2π γ̄ B0 ΔTE is the one that fits best
+    assert np.median(err) < min(np.median(error(0.95)), np.median(error(1.05)))
+    assert np.median(err) > 1e-4  # ... and it is there: the signal is not the point-sampled field
+    # air gives no signal (only the k-space crop's ringing)
+    mag = np.abs(s)
+    assert np.isfinite(mag).all() and mag[..., 0][ph.labels == 14].mean() < 0.1 * mag[..., 0][core].mean()
+
+
+@pytest.mark.parametrize("protocol,parts", [("siemens3t", {"mag", "phase"}), ("ge3t", {"real", "imag"}),
+                                            ("philips3t", {"mag", "phase"})])
+def test_datasets_store_each_vendor_encoding(tmp_path, protocol, parts, monkeypatch):
+    small = P.make_mni_phantom(3.0, protocol=protocol, workers=1)
+    monkeypatch.setattr(P, "make_mni_phantom", lambda *a, **k: small)
+    P.write_mni_dataset(tmp_path, resolution=3.0, protocol=protocol)
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    n = len(P.PROTOCOLS[protocol].tes)
+    found = {f.name.split("_part-")[1].split("_")[0] for f in anat.glob("*_MEGRE.nii.gz")}
+    assert found == parts and len(list(anat.glob("*_MEGRE.nii.gz"))) == 2 * n
+    meta = json.loads((anat / f"sub-01_echo-2_part-{sorted(parts)[0]}_MEGRE.json").read_text())
+    assert meta["EchoTime"] == pytest.approx(P.PROTOCOLS[protocol].tes[1]) and meta["MagneticFieldStrength"] == 3.0
+    if protocol == "siemens3t":
+        ph = np.asarray(nib.load(anat / "sub-01_echo-1_part-phase_MEGRE.nii.gz").dataobj)
+        assert ph.dtype == np.uint16 and ph.max() <= 4095
+    if protocol == "philips3t":
+        ph = np.asarray(nib.load(anat / "sub-01_echo-1_part-phase_MEGRE.nii.gz").dataobj)
+        assert ph.dtype == np.float32 and np.abs(ph).max() <= np.pi + 1e-6
+    truth = tmp_path / "truth" / "sub-01"
+    assert {p.name for p in truth.iterdir()} >= {"sub-01_Chimap.nii.gz", "sub-01_dseg.nii.gz", "dseg.tsv",
+                                                 "sub-01_desc-brain_mask.nii.gz", "phantom.json"}
