@@ -127,12 +127,6 @@ def _rotation(ax_deg, ay_deg):
     return ry @ rx
 
 
-def _ball(radius_vox):
-    r = int(np.ceil(radius_vox))
-    g = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
-    return (g ** 2).sum(0) <= radius_vox ** 2
-
-
 def _tube(shape, h, origin, points, radius):
     """Voxels within ``radius`` mm of a polyline (``points`` in mm)."""
     out = np.zeros(shape, bool)
@@ -168,10 +162,14 @@ def _fine_anatomy(resolution, oversample, rng):
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
     tissue = gm + wm
     brain = tissue > 0.5
-    ic = ndimage.binary_closing(tissue > 0.2, structure=_ball(4.0 / h), iterations=1)
+    # morphology by Euclidean distances (a ball of 4 mm is 17³ voxels at 0.5 mm): closing by
+    # 4 mm, holes filled, then 1.5 mm of subarachnoid CSF
+    ic = ndimage.distance_transform_edt(tissue <= 0.2, sampling=h) <= 4.0
+    ic = ndimage.distance_transform_edt(ic, sampling=h) > 4.0
     ic = ndimage.binary_fill_holes(ic)
-    ic = ndimage.binary_dilation(ic, structure=_ball(1.5 / h))          # subarachnoid CSF
-    dist = ndimage.distance_transform_edt(~ic) * h
+    dist = ndimage.distance_transform_edt(~ic, sampling=h).astype(np.float32)
+    ic = dist <= 1.5
+    dist = np.maximum(dist - 1.5, 0.0)
     skull = (dist > 0) & (dist <= 6.5)
     scalp = (dist > 6.5) & (dist <= 11.0)
     neck = (z < -35.0) & (((x / 58.0) ** 2 + ((y + 22.0) / 62.0) ** 2) <= 1.0) & ~ic & ~skull
