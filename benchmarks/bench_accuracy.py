@@ -12,9 +12,10 @@ through ``qsmprep participant --no-coreg`` (with ``--config`` if given), and its
 scored against the truth inside the truth's brain mask by ``qsm_ci.qsm_eval.score_arrays``, the
 function the QSM-CI leaderboard uses (NRMSE and detrended NRMSE in %, XSIM, HFEN in %, DGM
 linearity ``|1 − slope|``, calcification moment deviation in ppm·voxels, blood and DGM NRMSE,
-coverage). χ is relative, so before scoring the map is shifted to the truth's mean over the
-mask: this does not change NRMSE, XSIM or HFEN, and it makes the deep-grey means and the
-calcification moment independent of the reference the preset chose. The table adds the
+coverage). χ is relative, so before scoring the map is shifted, on the voxels the run kept, to
+the truth's mean over those voxels; the voxels its mask dropped stay zero and are scored as
+such (QSM-CI's rule). The shift makes the deep-grey means and the calcification moment
+independent of the reference the preset chose. The table adds the
 deep-grey mean |error| (ppm, labels 1-7), the calcification moment's relative error and the
 haemorrhage mean (MNI family).
 """
@@ -50,7 +51,8 @@ def score(chi, truth, mask, seg):
     from qsm_ci.qsm_eval import score_arrays
 
     mask = mask > 0
-    chi = np.where(mask, chi - chi[mask].mean() + truth[mask].mean(), 0.0)
+    support = mask & np.isfinite(chi) & (chi != 0)      # what the run's own mask kept
+    chi = np.where(support, chi - chi[support].mean() + truth[support].mean(), 0.0)
     metrics, _ = score_arrays(chi.astype(np.float64), truth.astype(np.float64), mask.astype(np.uint8),
                               kind="chi", seg=seg.astype(np.int32))
     dgm = [lab for lab in range(1, 8) if (mask & (seg == lab)).sum() >= 5]
@@ -87,6 +89,8 @@ def main(argv=None):
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--keep", help="folder to keep the datasets and runs in (default: a temporary folder)")
     p.add_argument("--reuse", action="store_true", help="with --keep: reuse datasets already there")
+    p.add_argument("--rescore", action="store_true",
+                   help="with --keep: score the runs already there instead of running again")
     a = p.parse_args(argv)
     root = Path(a.keep or tempfile.mkdtemp(prefix="qsmprep-acc-"))
     cases = [("demo", None)] if a.demo else []
@@ -95,7 +99,7 @@ def main(argv=None):
     for family, prot in cases:
         name = "demo-full" if family == "demo" else f"mni-{prot}-{a.resolution:g}mm"
         case = root / name
-        if not (a.reuse and (case / "bids" / "dataset_description.json").exists()):
+        if not ((a.reuse or a.rescore) and (case / "bids" / "dataset_description.json").exists()):
             if family == "demo":
                 from qsmprep.demo import write_demo_dataset
 
@@ -103,7 +107,10 @@ def main(argv=None):
             else:
                 phantom_mni.write_mni_dataset(case, resolution=a.resolution, protocol=prot, workers=a.nprocs)
         tag = Path(a.config).stem if a.config else "default"
-        secs = _run(case / "bids", case / f"out-{tag}", case / f"work-{tag}", a.nprocs, a.config)
+        if a.rescore and (case / f"scores-{tag}.json").exists():
+            secs = json.loads((case / f"scores-{tag}.json").read_text())["seconds"]
+        else:
+            secs = _run(case / "bids", case / f"out-{tag}", case / f"work-{tag}", a.nprocs, a.config)
         truth = case / "truth" / "sub-01"
         seg = _read(truth / "sub-01_dseg.nii.gz", np.int32)
         if family == "demo":

@@ -25,9 +25,24 @@ pytestmark = pytest.mark.full
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
+def pipeline_run(tmp_path_factory, full_phantom, full_gre):
     root = tmp_path_factory.mktemp("pipeline_full")
-    write_demo_dataset(root, size="full", n_subjects=1)
+    # the dataset's phantom and signal are the session's (make_phantom("full", seed=0) and its
+    # SNR-100 signal, deterministic): built once for the run instead of again here (~35 s)
+    import qsmprep.demo.dataset as dataset
+
+    def phantom(size, seed=0, oblique_deg=0.0):
+        assert (size, seed, oblique_deg) == ("full", 0, 0.0)
+        return full_phantom
+
+    def signal(ph, snr=100.0, seed=0):
+        assert ph is full_phantom and (snr, seed) == (100.0, 0)
+        return full_gre
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset, "make_phantom", phantom)
+        mp.setattr(dataset, "simulate_gre", signal)
+        write_demo_dataset(root, size="full", n_subjects=1)
     preset = root / "tkd.json"
     preset.write_text(json.dumps({"workflow": {"inversion": "tkd"}}))
     rc = main([str(root / "bids"), str(root / "out"), "participant", "-w", str(root / "work"),
