@@ -47,6 +47,8 @@ SYN_PRESETS = {
                "iterations": (100, 70, 50), "metric": "MI", "radius_or_bins": 32},
 }
 STAGES = ("translation", "rigid", "affine", "syn")
+INTERPOLATIONS = ("linear", "nearestNeighbor", "genericLabel", "bSpline", "lanczosWindowedSinc")
+INITIALIZATIONS = {"geometry": 0, "moments": 1, "origin": 2}
 
 
 def linear_schedule(stages, preset="precise"):
@@ -77,8 +79,6 @@ def linear_schedule(stages, preset="precise"):
             lv = lv[1:]
         out.append((stage, lv))
     return out
-INTERPOLATIONS = ("linear", "nearestNeighbor", "genericLabel", "bSpline", "lanczosWindowedSinc")
-INITIALIZATIONS = {"geometry": 0, "moments": 1, "origin": 2}
 
 
 def _lib(name):

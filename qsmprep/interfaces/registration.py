@@ -150,7 +150,7 @@ class RegisterToTemplate(SimpleInterface):
                else "(cross-correlation radius 2)"),
             "RegistrationPreset": preset,
             "RegistrationParameters": {"linear": dict(LINEAR_PRESETS[preset]), "syn": dict(SYN_PRESETS[preset])},
-            "RegistrationLevels": _levels(("rigid", "affine"), preset),
+            "RegistrationLevels": _levels(("rigid", "affine", "syn"), preset),
         }
         return runtime
 
