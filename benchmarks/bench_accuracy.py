@@ -114,7 +114,9 @@ def main(argv=None):
         truth = case / "truth" / "sub-01"
         seg = _read(truth / "sub-01_dseg.nii.gz", np.int32)
         if family == "demo":
-            seg = np.vectorize(lambda v: DEMO_TO_QSMCI.get(int(v), 0))(seg)
+            lut = np.zeros(max(DEMO_TO_QSMCI) + 1, np.int32)
+            lut[list(DEMO_TO_QSMCI)] = list(DEMO_TO_QSMCI.values())
+            seg = lut[seg]
         chi = _read(case / f"out-{tag}" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
         m = score(chi, _read(truth / "sub-01_Chimap.nii.gz"), _read(truth / "sub-01_desc-brain_mask.nii.gz"), seg)
         m["seconds"] = secs

@@ -103,7 +103,7 @@ PROTOCOLS = {
 class MniPhantom:
     chi: np.ndarray          # ppm relative to water, output grid (fine χ averaged per voxel)
     labels: np.ndarray       # int16, QSM-CI convention
-    brain_mask: np.ndarray   # bool: brain tissue and CSF (≥ half the voxel)
+    brain_mask: np.ndarray   # bool: parenchyma, ventricles, nuclei, lesions (≥ half the voxel)
     total_field: np.ndarray  # ppm after the shim (fine field averaged per voxel)
     signal: np.ndarray       # complex64 (x, y, z, echo), k-space cropped, with noise
     affine: np.ndarray
@@ -224,10 +224,9 @@ def _fine_anatomy(resolution, oversample, rng):
     chi[parenchyma] += tex[parenchyma]
     r2s[parenchyma] += 400.0 * tex[parenchyma]
     for k in range(1, 8):
-        sel = lab == k
+        sel = np.nonzero(lab == k)
         g = rng.normal(size=3)
-        ramp = (np.asarray(x) * g[0] + np.asarray(y) * g[1] + np.asarray(z) * g[2])
-        ramp = np.broadcast_to(ramp, shape)[sel]
+        ramp = axes[0][sel[0]] * g[0] + axes[1][sel[1]] * g[1] + axes[2][sel[2]] * g[2]  # on the nucleus only
         chi[sel] *= 1.0 + 0.15 * (ramp - ramp.mean()) / max(float(np.abs(ramp - ramp.mean()).max()), 1e-9)
     # the scored brain: parenchyma with the ventricles, nuclei, lesions and the veins inside it
     # (the subarachnoid CSF and the sinuses are outside, as brain extraction leaves them)
@@ -237,7 +236,10 @@ def _fine_anatomy(resolution, oversample, rng):
 
 
 def _dipole_field(chi_rel_air, h, b0_dir, workers):
-    """Δb (ppm) = F⁻¹[(1/3 − (k·b)²/k²) F χ] on a grid padded by a third (continuous kernel)."""
+    """Δb (ppm) = F⁻¹[(1/3 − (k·b)²/k²) F χ] on a grid padded by a third (continuous kernel).
+
+    Written here on purpose instead of calling ``qsmprep.qsm.kernels.dipole_kernel``: the truth
+    must not share code with the inversions it scores."""
     shape = tuple(sfft.next_fast_len(int(np.ceil(s * 4 / 3)), real=True) for s in chi_rel_air.shape)
     k = np.meshgrid(*[sfft.fftfreq(n, h) for n in shape[:-1]], sfft.rfftfreq(shape[-1], h),
                     indexing="ij", sparse=True)
@@ -272,11 +274,11 @@ def _shim(fieldmap, brain, axes):
 
 def _voxel_average(a, os_):
     """Mean of ``a`` over output voxels centred on fine voxels 0, os, 2·os, … (width os)."""
-    w = np.ones(os_ + 1, np.float32)
-    if os_ % 2 == 0:
-        w[0] = w[-1] = 0.5
-    else:
+    if os_ % 2:    # odd: os_ whole fine voxels
         w = np.ones(os_, np.float32)
+    else:          # even: os_ − 1 whole ones and half of each neighbour
+        w = np.ones(os_ + 1, np.float32)
+        w[0] = w[-1] = 0.5
     w /= w.sum()
     out = a.astype(np.float32)
     for ax in range(3):
@@ -324,10 +326,10 @@ def make_mni_phantom(resolution=1.0, *, protocol="siemens3t", oversample=2, snr=
     for e, te in enumerate(prot.tes):
         s = m0 * np.exp(-r2s * te) * np.exp(1j * (phi0 + 2 * np.pi * GAMMA_BAR * prot.b0 * te * 1e-6 * fld))
         signal[..., e] = _kspace_crop(s.astype(np.complex64), out_shape, workers)
-    chi_out = _voxel_average(chi, oversample)[tuple(slice(0, n) for n in out_shape)]
-    field_out = _voxel_average(fld, oversample)[tuple(slice(0, n) for n in out_shape)]
-    brain = _voxel_average(brain_f, oversample)[tuple(slice(0, n) for n in out_shape)] >= 0.5
-    lab_out = labels[::oversample, ::oversample, ::oversample][tuple(slice(0, n) for n in out_shape)]
+    chi_out = _voxel_average(chi, oversample)      # the fine shape is oversample × out_shape
+    field_out = _voxel_average(fld, oversample)
+    brain = _voxel_average(brain_f, oversample) >= 0.5
+    lab_out = labels[::oversample, ::oversample, ::oversample]
     ref = float(np.abs(signal[..., 0][brain]).mean())
     sigma = ref / snr
     signal += (sigma / np.sqrt(2)) * (rng.standard_normal(signal.shape) + 1j * rng.standard_normal(signal.shape)
