@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_qsm.py [--size full|small] [--workers 2] [--background vsharp,pdf,lbv]
-                                   [--inversion tkd,tikhonov,ilsqr,medi,medi+0,tv]
+    python benchmarks/bench_qsm.py [--size full|small] [--workers 2] [--background vsharp,pdf,lbv,ismv,resharp]
+                                   [--inversion tkd,tikhonov,ilsqr,medi,medi+0,tv,rts]
 
 Background removal runs on the phantom's total field with its true brain mask and is scored
 against the true local field (relative RMSE and correlation inside the valid mask) and by
@@ -31,8 +31,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["small", "full"], default="full")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--background", default="vsharp,pdf,lbv")
-    parser.add_argument("--inversion", default="tkd,tikhonov,ilsqr,medi,medi+0,tv")
+    parser.add_argument("--background", default="vsharp,pdf,lbv,ismv,resharp")
+    parser.add_argument("--inversion", default="tkd,tikhonov,ilsqr,medi,medi+0,tv,rts")
     opts = parser.parse_args(argv)
 
     from qsmprep.demo import DEEP_GREY_LABELS, make_phantom

@@ -36,8 +36,8 @@ METHODS = {
     "r2star": ("loglinear", "arlo"),
     "echo_average": ("rss", "mean"),
     "masking": ("threshold", "bet", "none"),
-    "background": ("vsharp", "pdf", "lbv"),
-    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv"),
+    "background": ("vsharp", "pdf", "lbv", "ismv", "resharp"),
+    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv", "rts"),
     "reference": ("whole-brain", "csf", "roi", "none"),
 }
 
@@ -64,9 +64,12 @@ LISTED_OPTIONS = {
     ("inversion", "medi"): ("lambda_", "lambda_rule", "edge_fraction"),
     ("inversion", "medi+0"): ("lambda_", "lambda_rule", "edge_fraction"),
     ("inversion", "tv"): ("lambda_", "lambda_rule"),
+    ("inversion", "rts"): ("lambda_", "lambda_rule", "delta"),
     ("background", "vsharp"): ("radius_max_mm",),
     ("background", "pdf"): ("tol", "max_iter", "pad"),
     ("background", "lbv"): ("tol", "max_iter", "peel"),
+    ("background", "ismv"): ("radius_mm", "tol"),
+    ("background", "resharp"): ("radius_mm", "lambda_"),
     ("r2star", "loglinear"): ("r2star_max",),
     ("r2star", "arlo"): ("r2star_max",),
     ("combination", "linear"): ("intercept",),

@@ -72,7 +72,7 @@ def test_the_pipeline_used_its_default_background_removal(pipeline_run):
     assert meta["BackgroundRemoval"] == "lbv" and meta["DipoleInversion"] == "tkd"
 
 
-@pytest.mark.parametrize("method", ["ilsqr", "medi", "tv"])
+@pytest.mark.parametrize("method", ["ilsqr", "medi", "tv", "rts"])
 def test_accuracy_from_the_pipelines_local_field(pipeline_run, method, tmp_path, monkeypatch):
     """Deep-grey ROI means within 0.01 ppm, slope 0.85–1.10, NRMSE ≥ 15 % better than TKD's."""
     monkeypatch.chdir(tmp_path)

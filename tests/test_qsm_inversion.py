@@ -1,4 +1,4 @@
-"""Dipole inversion (TKD, Tikhonov, iLSQR, MEDI, MEDI+0, TV-ADMM): operators and accuracy.
+"""Dipole inversion (TKD, Tikhonov, iLSQR, MEDI, MEDI+0, TV-ADMM, RTS): operators and accuracy.
 
 The kernel values (D = 1/3 across B0, −2/3 along it, in k-space) are tested in
 test_qsm_foundation.py.
@@ -52,7 +52,7 @@ def _sphere(n=48, radius=8, chi=0.2):
 
 
 @pytest.mark.parametrize("method,params", [("ilsqr", {}), ("ilsqr", {"fast_estimate": "tkd"}), ("medi", {}),
-                                           ("tv", {})])
+                                           ("tv", {}), ("rts", {})])
 def test_iterative_methods_recover_a_sphere(method, params):
     field, mask, r2 = _sphere()
     mag = np.where(r2 < 8**2, 0.5, 1.0).astype(np.float32)
@@ -60,6 +60,29 @@ def test_iterative_methods_recover_a_sphere(method, params):
     inside, shell = r2 < 5**2, (r2 > 11**2) & (r2 < 17**2)
     assert chi[inside].mean() - chi[shell].mean() == pytest.approx(0.2, rel=0.15)
     assert chi.dtype == np.float32 and not chi[~mask].any() and info["method"] == method
+
+
+def test_rts_keeps_the_well_conditioned_spectrum_and_fills_the_cone():
+    """RTS's second step changes χ₁ only near the magic cone, and it runs past its first
+    iteration, which reproduces χ₁ (QSM.jl stops there when χ₁'s mean is small: QSMxT #150)."""
+    from qsmprep.qsm.inversion.rts import _well_conditioned, rts
+
+    field, mask, r2 = _sphere()
+    field = np.where(mask, field - field[mask].mean(), 0)
+    stats = {}
+    chi = rts(field, mask, (1, 1, 1), (0, 0, 1), pad=8, stats=stats)
+    grid = _Grid(mask, (1, 1, 1), (0, 0, 1), 8, 1)
+    lsmr_iter = inspect.signature(rts).parameters["lsmr_iter"].default
+    chi1 = _well_conditioned(grid, grid.put(field) * grid.mask, lsmr_iter)
+    chi1 = chi1 - chi1.mean()
+    k, k1 = grid.fft(grid.put(chi)), grid.fft(chi1)
+    well, cone = np.abs(grid.d) > 0.3, np.abs(grid.d) < 0.05
+    well[0, 0, 0] = cone[0, 0, 0] = False
+    moved = lambda sel: np.linalg.norm((k - k1)[sel]) / np.linalg.norm(k1[sel])  # noqa: E731
+    assert stats["iterations"] > 2
+    assert moved(well) < 0.1 < moved(cone)
+    # inside the mask the result is not χ₁ (masking χ mixes the two regions)
+    assert np.linalg.norm(grid.put(chi) - chi1 * grid.mask) > 0.05 * np.linalg.norm(chi1 * grid.mask)
 
 
 def test_fast_qsm_estimate_has_the_structure_and_the_tkd_scale():
@@ -116,10 +139,10 @@ def test_default_parameters_are_the_signature_defaults(method):
         expected["lambda_rule"] = inspect.signature(inv.invert).parameters["lambda_rule"].default
     assert inv.default_parameters(method) == expected
     assert set(inv.default_parameters(method)) <= inv.method_parameters(method)
-    assert ("lambda_" in expected) == (method in ("tikhonov", "medi", "medi+0", "tv"))
+    assert ("lambda_" in expected) == (method in ("tikhonov", "medi", "medi+0", "tv", "rts"))
 
 
-@pytest.mark.parametrize("method", ["tkd", "tikhonov", "ilsqr", "medi", "tv"])
+@pytest.mark.parametrize("method", ["tkd", "tikhonov", "ilsqr", "medi", "tv", "rts"])
 def test_invert_records_the_signature_defaults(method):
     """What invert() ran with, given no options, is what default_parameters() says."""
     field, mask, r2 = _sphere(n=24, radius=4)
@@ -127,7 +150,7 @@ def test_invert_records_the_signature_defaults(method):
     _, info = inv.invert(field, mask, (1, 1, 1), (0, 0, 1), method=method, magnitude=mag, pad=4, workers=1)
     defaults = inv.default_parameters(method)
     recorded = {"lambda_" if k == "lambda" else k: v for k, v in info.items()}
-    if method in ("tkd", "tikhonov", "ilsqr"):  # these record every option
+    if method in ("tkd", "tikhonov", "ilsqr", "rts"):  # these record every option
         assert set(defaults) <= set(recorded)
     else:  # the others record λ and the rule (MEDI also its data term)
         assert {"lambda_", "lambda_rule"} | ({"data_term"} if method == "medi" else set()) <= set(recorded)
@@ -172,7 +195,7 @@ def full_inversions(full_phantom):
     magnitude = ph.m0 * np.exp(-ph.r2star * 0.02)
     noise = np.full(mask.shape, sigma, np.float32)
     out = {}
-    for method in ("tkd", "ilsqr", "medi", "medi+0", "tv"):
+    for method in ("tkd", "ilsqr", "medi", "medi+0", "tv", "rts"):
         out[method] = inv.invert(field, mask, ph.voxel_size, ph.b0_dir, method=method, magnitude=magnitude,
                                  noise=noise, r2star=ph.r2star, workers=2)
     return out
@@ -189,7 +212,7 @@ def _scores(ph, chi):
 
 
 @pytest.mark.full
-@pytest.mark.parametrize("method", ["ilsqr", "medi", "tv"])
+@pytest.mark.parametrize("method", ["ilsqr", "medi", "tv", "rts"])
 def test_full_phantom_accuracy_bars(full_phantom, full_inversions, method):
     """Deep-grey ROI means within 0.01 ppm, slope 0.85–1.10, NRMSE ≥ 15 % better than TKD's."""
     nrmse, mae, slope = _scores(full_phantom, full_inversions[method][0])

@@ -192,6 +192,18 @@ def divergence(g, voxel_size):
     return res
 
 
+def rfft_mirror_weights(shape):
+    """``√m`` per column of an ``rfftn`` half spectrum of ``shape``: m = 2 where a column
+    stands for itself and its Hermitian mirror, 1 for the zero (and, for an even last axis,
+    the Nyquist) column.  A half spectrum scaled by it has the plain inner product of the
+    full spectrum (of the image, with ``norm="ortho"``), for Krylov solvers kept in k-space."""
+    w = np.full(shape[-1] // 2 + 1, np.sqrt(2.0), dtype=np.float32)
+    w[0] = 1.0
+    if shape[-1] % 2 == 0:
+        w[-1] = 1.0
+    return w
+
+
 def padded_shape(shape, pad):
     """Shape after padding each axis by ``pad`` voxels per side, rounded up to a fast FFT size.
 

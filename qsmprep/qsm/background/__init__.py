@@ -10,8 +10,15 @@ Methods
 ``lbv``
     Laplacian boundary value (Zhou et al. 2014), solved by multigrid-preconditioned
     conjugate gradients (:func:`lbv`).
+``ismv``
+    Iterative spherical mean value (Wen et al. 2014): the background inside the eroded
+    mask is the function equal to its own spherical mean, with the total field on the
+    shell as boundary values; its fixed point solved by conjugate gradients (:func:`ismv`).
+``resharp``
+    Regularisation-enabled SHARP (Sun & Wilman 2014): SHARP's deconvolution as Tikhonov
+    least squares, by conjugate gradients (:func:`resharp`).
 
-All three share one contract (:func:`remove_background`): the total field (ppm) and a
+All of them share one contract (:func:`remove_background`): the total field (ppm) and a
 brain mask (plus optional data weights) in, the local field (ppm, float32, zero outside)
 and the mask where it is valid out.  The background field is the field of the sources
 outside the mask (air, bone, sinuses, everything outside the field of view); it is
@@ -25,8 +32,9 @@ vector in voxel axes, FFTs through ``scipy.fft`` with ``workers`` threads in sin
 precision.  An optional polynomial :func:`detrend` of the result removes residual smooth
 background.
 
-One method per module: ``vsharp.py``, ``pdf.py``, ``lbv.py`` (its multigrid preconditioner
-in ``_multigrid.py``) and ``detrend.py``; the input checks they share in ``_common.py``.
+One method per module: ``vsharp.py``, ``pdf.py``, ``lbv.py``, ``ismv.py``, ``resharp.py``
+(LBV's multigrid preconditioner, which iSMV uses too, in ``_multigrid.py``) and
+``detrend.py``; the checks, SMV grid and preconditioned CG they share in ``_common.py``.
 Each option's default is in the signature of the method's function;
 :func:`default_parameters` reads them from there.
 """
@@ -38,18 +46,20 @@ import numpy as np
 from qsmprep.qsm._params import jsonable, keyword_defaults
 from qsmprep.qsm.background._common import _number
 from qsmprep.qsm.background.detrend import detrend
+from qsmprep.qsm.background.ismv import _ismv, ismv
 from qsmprep.qsm.background.lbv import _lbv, lbv
 from qsmprep.qsm.background.pdf import _pdf, pdf
+from qsmprep.qsm.background.resharp import _resharp, resharp
 from qsmprep.qsm.background.vsharp import smv_valid_masks, vsharp, vsharp_radii
 
-__all__ = ["METHODS", "default_parameters", "detrend", "lbv", "method_parameters", "pdf", "remove_background",
-           "smv_valid_masks", "vsharp", "vsharp_radii"]
+__all__ = ["METHODS", "default_parameters", "detrend", "ismv", "lbv", "method_parameters", "pdf",
+           "remove_background", "resharp", "smv_valid_masks", "vsharp", "vsharp_radii"]
 
 #: Background removal methods :func:`remove_background` accepts.
-METHODS = ("vsharp", "pdf", "lbv")
+METHODS = ("vsharp", "pdf", "lbv", "ismv", "resharp")
 
 #: Each method's public function; its keyword defaults are the method's defaults.
-_METHOD_FUNCTIONS = {"vsharp": vsharp, "pdf": pdf, "lbv": lbv}
+_METHOD_FUNCTIONS = {"vsharp": vsharp, "pdf": pdf, "lbv": lbv, "ismv": ismv, "resharp": resharp}
 
 
 def _check_method(method):
@@ -90,9 +100,10 @@ def remove_background(field, mask, voxel_size, *, method="vsharp", b0_dir=(0, 0,
         Brain mask.
     voxel_size : sequence of 3 float
         Voxel size (mm).
-    method : {"vsharp", "pdf", "lbv"}
-        :func:`vsharp` (Wu et al. 2012), :func:`pdf` (Liu et al. 2011) or :func:`lbv`
-        (Zhou et al. 2014).
+    method : {"vsharp", "pdf", "lbv", "ismv", "resharp"}
+        :func:`vsharp` (Wu et al. 2012), :func:`pdf` (Liu et al. 2011), :func:`lbv`
+        (Zhou et al. 2014), :func:`ismv` (Wen et al. 2014) or :func:`resharp` (Sun &
+        Wilman 2014).
     b0_dir : sequence of 3 float
         B0 direction in voxel axes (used by ``pdf``).
     weights : ndarray, optional
@@ -135,8 +146,12 @@ def remove_background(field, mask, voxel_size, *, method="vsharp", b0_dir=(0, 0,
     elif method == "pdf":
         local, valid, extra = _pdf(field, mask, voxel_size, b0_dir, weights=weights, workers=workers, **used)
         used["b0_dir"] = [float(v) for v in np.ravel(b0_dir)]
-    else:
+    elif method == "lbv":
         local, valid, extra = _lbv(field, mask, voxel_size, workers=workers, **used)
+    elif method == "ismv":
+        local, valid, extra = _ismv(field, mask, voxel_size, workers=workers, **used)
+    else:
+        local, valid, extra = _resharp(field, mask, voxel_size, workers=workers, **used)
     if detrend_order is not None:
         local = detrend(local, valid, order=detrend_order)
     local = np.where(valid, local - local[valid].mean(), 0).astype(np.float32)

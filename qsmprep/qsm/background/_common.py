@@ -1,12 +1,15 @@
 """Input checks shared by the background removal methods.
 
 Field, mask and voxel size (:func:`_check_inputs`), scalar options (:func:`_number`),
-padding (:func:`_pad_voxels`) and data weights (:func:`_check_weights`).
+padding (:func:`_pad_voxels`), data weights (:func:`_check_weights`), and the
+preconditioned conjugate gradients of iSMV and RESHARP (:func:`_pcg`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from qsmprep.qsm import kernels
 
 
 def _check_inputs(field, mask, voxel_size):
@@ -45,6 +48,27 @@ def _number(name, value, *, integer=False, low=None, high=None, low_open=False, 
     return int(v) if integer else v
 
 
+def _smv_domain(mask, voxel_size, radius_mm):
+    """Checks and grid of the single-radius SMV methods (iSMV, RESHARP).
+
+    Returns ``(radius, eroded, box, shape)``: the radius (mm, at least one voxel), the mask
+    eroded by it (:func:`qsmprep.qsm.background.vsharp.smv_valid_masks`), the mask's
+    bounding box and the FFT grid: the box padded by the radius plus one voxel, so that
+    no ball around an eroded voxel wraps around and the eroded mask has a zero margin.
+    """
+    from qsmprep.qsm.background.vsharp import smv_valid_masks  # vsharp imports this module
+
+    r = _number("radius_mm", radius_mm, low=0, low_open=True)
+    if r < min(voxel_size):
+        raise ValueError(f"radius_mm must be at least one voxel ({min(voxel_size)} mm), got {radius_mm!r}")
+    eroded = smv_valid_masks(mask, voxel_size, [r])[0]
+    if not eroded.any():
+        raise ValueError(f"the mask has no voxel farther than radius_mm={r} mm from its edge")
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    shape = kernels.padded_shape(mask[box].shape, [int(np.ceil(r / v)) + 1 for v in voxel_size])
+    return r, eroded, box, shape
+
+
 def _pad_voxels(pad):
     """``pad`` (int or 3 ints, voxels per side) as a tuple of 3 non-negative ints."""
     arr = np.broadcast_to(np.asarray(pad), (3,)) if np.ndim(pad) == 0 else np.asarray(pad)
@@ -64,3 +88,31 @@ def _check_weights(weights, mask):
     if not np.any(w[mask] > 0):
         raise ValueError("weights are zero everywhere inside the mask")
     return np.where(mask, w, 0).astype(np.float32)
+
+
+def _pcg(apply_a, b, precondition, *, tol, max_iter):
+    """Preconditioned conjugate gradients from zero; stops at ``‖r‖ ≤ tol ‖b‖``. Returns (x, iterations)."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    bnorm = float(np.linalg.norm(b))
+    if bnorm == 0:
+        return x, 0
+    z = precondition(r)
+    p = z.copy()
+    rz = float(np.vdot(r, z))
+    it = 0
+    while it < max_iter and float(np.linalg.norm(r)) > tol * bnorm:
+        q = apply_a(p)
+        pq = float(np.vdot(p, q))
+        if pq <= 0:
+            break
+        alpha = np.float32(rz / pq)
+        x += alpha * p
+        r -= alpha * q
+        it += 1
+        z = precondition(r)
+        rz_new = float(np.vdot(r, z))
+        p *= np.float32(rz_new / rz)
+        p += z
+        rz = rz_new
+    return x, it

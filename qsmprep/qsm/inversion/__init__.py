@@ -12,6 +12,9 @@ Methods
 ``medi`` / ``medi+0``
     Morphology enabled dipole inversion (Liu et al. 2012), optionally with the automatic
     uniform CSF zero reference (Liu et al. 2018) (:func:`medi`).
+``rts``
+    Rapid two-step inversion: LSMR on the well-conditioned frequencies, then TV-ADMM for
+    the magic cone (Kames et al. 2018) (:func:`rts`).
 ``tv``
     Total-variation ADMM with closed-form k-space updates (Bilgic et al. 2014; the weighted
     and nonlinear data terms of FANSI, Milovic et al. 2018) (:func:`tv`).
@@ -33,7 +36,7 @@ expected noise variance) or by the L-curve corner (Hansen 1992; as in Bilgic et 
 Layout (one method per module): :mod:`~qsmprep.qsm.inversion.tkd`,
 :mod:`~qsmprep.qsm.inversion.tikhonov`, :mod:`~qsmprep.qsm.inversion.ilsqr`,
 :mod:`~qsmprep.qsm.inversion.medi` (with :func:`edge_mask` and MEDI+0),
-:mod:`~qsmprep.qsm.inversion.tv`; the λ rules in
+:mod:`~qsmprep.qsm.inversion.tv`, :mod:`~qsmprep.qsm.inversion.rts`; the λ rules in
 :mod:`~qsmprep.qsm.inversion.regularization`; the operators the methods share in the
 private ``_operators`` and :func:`invert`'s dispatch in ``_dispatch``.  The package names
 the public functions, so ``inversion.tkd`` is the function; a module's private helpers
@@ -47,6 +50,7 @@ from qsmprep.qsm.inversion._dispatch import METHODS, default_parameters, invert,
 from qsmprep.qsm.inversion.ilsqr import ilsqr
 from qsmprep.qsm.inversion.medi import edge_mask, medi
 from qsmprep.qsm.inversion.regularization import LAMBDA_RULES
+from qsmprep.qsm.inversion.rts import rts
 from qsmprep.qsm.inversion.tikhonov import tikhonov
 from qsmprep.qsm.inversion.tkd import tkd
 from qsmprep.qsm.inversion.tv import tv
@@ -61,6 +65,7 @@ __all__ = [
     "invert_echoes",
     "medi",
     "method_parameters",
+    "rts",
     "tikhonov",
     "tkd",
     "tv",

@@ -28,16 +28,18 @@ from qsmprep.qsm.inversion.regularization import (
     _residual_norm,
     _residual_variance,
 )
+from qsmprep.qsm.inversion.rts import rts
 from qsmprep.qsm.inversion.tikhonov import _tikhonov_parts, _tikhonov_solve, tikhonov
 from qsmprep.qsm.inversion.tkd import tkd
 from qsmprep.qsm.inversion.tv import tv
 
 #: The function of each method (``medi+0`` is :func:`medi` with its CSF term).
-_FUNCTIONS = {"tkd": tkd, "tikhonov": tikhonov, "ilsqr": ilsqr, "medi": medi, "medi+0": medi, "tv": tv}
+_FUNCTIONS = {"tkd": tkd, "tikhonov": tikhonov, "ilsqr": ilsqr, "medi": medi, "medi+0": medi, "tv": tv,
+              "rts": rts}
 #: Inversion methods :func:`invert` accepts.
 METHODS = tuple(_FUNCTIONS)
 #: Methods whose regularisation weight can be chosen by a rule.
-_REGULARISED = ("tikhonov", "medi", "medi+0", "tv")
+_REGULARISED = ("tikhonov", "medi", "medi+0", "tv", "rts")
 #: The keyword options of each method that :func:`invert` passes on (and records).
 _METHOD_PARAMS = {
     "tkd": {"threshold", "correct"},
@@ -48,6 +50,7 @@ _METHOD_PARAMS = {
     "medi+0": {"edge_fraction", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "data_term",
                "phase_scale", "lambda_csf", "csf_r2star_max", "csf"},
     "tv": {"mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter"},
+    "rts": {"delta", "lsmr_iter", "rho", "tol", "max_iter", "tau", "gamma"},
 }
 _SELECTION_PARAMS = {"lambda_range", "lambda_evals"}
 
@@ -232,7 +235,7 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
 
         reg_kind = "l1"
         info.update(opts)
-    else:  # tv
+    elif method == "tv":
         def solve(lam):
             out = tv(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, pad=pad,
                      workers=workers, stats=stats, **params)
@@ -240,6 +243,14 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
 
         reg_kind = "tv"
         info.update(params)
+    else:  # rts: no data weights (Kames et al.'s data term is the step-1 spectrum)
+        def solve(lam):
+            return grid.put(rts(field, mask, vs, b, lambda_=lam, pad=pad, workers=workers, stats=stats, **params))
+
+        reg_kind = "tv"
+        opts = {**_method_defaults("rts"), **params}
+        opts.pop("lambda_", None)
+        info.update(opts)
 
     if lambda_rule == "fixed":
         lam, chi_p = lam0, solve(lam0)
@@ -256,7 +267,9 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         info["lambda_search"] = [{"lambda": x, "residual_norm": r, "regulariser": e, "curvature": k}
                                  for x, r, e, k in history]
     info.update({"lambda": float(lam), "lambda_rule": lambda_rule})
-    if method != "tikhonov":
+    if method == "rts":
+        info["data_weighting"] = "uniform"
+    elif method != "tikhonov":
         info["data_weighting"] = wname
     if method in ("medi", "medi+0") and not info.get("data_term"):
         info["data_term"] = _method_defaults(method)["data_term"]
