@@ -1,8 +1,9 @@
 """Input checks shared by the background removal methods.
 
 Field, mask and voxel size (:func:`_check_inputs`), scalar options (:func:`_number`),
-padding (:func:`_pad_voxels`), data weights (:func:`_check_weights`), and the
-preconditioned conjugate gradients of iSMV and RESHARP (:func:`_pcg`).
+padding (:func:`_pad_voxels`), data weights (:func:`_check_weights`), the grid of the
+single-radius SMV methods (:func:`_smv_domain`) and the preconditioned conjugate
+gradients of LBV, iSMV and RESHARP (:func:`_pcg`).
 """
 
 from __future__ import annotations
@@ -91,17 +92,23 @@ def _check_weights(weights, mask):
 
 
 def _pcg(apply_a, b, precondition, *, tol, max_iter):
-    """Preconditioned conjugate gradients from zero; stops at ``‖r‖ ≤ tol ‖b‖``. Returns (x, iterations)."""
+    """Preconditioned conjugate gradients from zero, for LBV, iSMV and RESHARP.
+
+    Stops when the (recursively updated) relative residual ``‖r‖/‖b‖`` is at most ``tol``,
+    without preconditioning the last residual, or after ``max_iter`` iterations.  Returns
+    ``(x, iterations, relative residual)``.
+    """
     x = np.zeros_like(b)
     r = b.copy()
     bnorm = float(np.linalg.norm(b))
     if bnorm == 0:
-        return x, 0
+        return x, 0, 0.0
     z = precondition(r)
     p = z.copy()
     rz = float(np.vdot(r, z))
     it = 0
-    while it < max_iter and float(np.linalg.norm(r)) > tol * bnorm:
+    rel = float(np.linalg.norm(r)) / bnorm
+    while it < max_iter and rel > tol:
         q = apply_a(p)
         pq = float(np.vdot(p, q))
         if pq <= 0:
@@ -110,9 +117,12 @@ def _pcg(apply_a, b, precondition, *, tol, max_iter):
         x += alpha * p
         r -= alpha * q
         it += 1
+        rel = float(np.linalg.norm(r)) / bnorm
+        if rel <= tol:
+            break
         z = precondition(r)
         rz_new = float(np.vdot(r, z))
         p *= np.float32(rz_new / rz)
         p += z
         rz = rz_new
-    return x, it
+    return x, it, rel

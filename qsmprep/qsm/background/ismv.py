@@ -86,7 +86,7 @@ def _ismv(field, mask, voxel_size, *, radius_mm, tol, max_iter, workers):
         return y
 
     with num_threads(workers):
-        x, it = _pcg(apply, rhs, _Multigrid(e, vs), tol=tol, max_iter=max_iter)
+        x, it, _ = _pcg(apply, rhs, _Multigrid(e, vs), tol=tol, max_iter=max_iter)
         rel = float(np.linalg.norm(rhs - apply(x)) / max(np.linalg.norm(rhs), 1e-30))
     background = np.zeros(f.shape, dtype=np.float32)
     background[box] = x[crop]

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from qsmprep.qsm import kernels
 from qsmprep.qsm._numba import num_threads
-from qsmprep.qsm.background._common import _check_inputs, _number
+from qsmprep.qsm.background._common import _check_inputs, _number, _pcg
 from qsmprep.qsm.background._multigrid import _apply, _Multigrid
 
 
@@ -80,33 +80,13 @@ def _lbv(field, mask, voxel_size, *, tol, max_iter, peel, workers):
     with num_threads(workers):
         _apply(fb, dom, *coef, rhs)  # fb = 0 on dom, so this is −Σ a·f over boundary neighbours
         np.negative(rhs, out=rhs)
-        mg = _Multigrid(dom, vs)
-        x = np.zeros_like(rhs)
-        r = rhs.copy()
-        z = mg(r)
-        p = z.copy()
-        rz = float(np.vdot(r, z))
-        bnorm = float(np.linalg.norm(rhs))
-        q = np.empty_like(r)
-        it = 0
-        rel = float(np.linalg.norm(r)) / bnorm if bnorm > 0 else 0.0
-        while it < max_iter and rel > tol:
+        q = np.empty_like(rhs)
+
+        def laplacian(p):
             _apply(p, dom, *coef, q)
-            pq = float(np.vdot(p, q))
-            if pq <= 0:
-                break
-            alpha = rz / pq
-            x += np.float32(alpha) * p
-            r -= np.float32(alpha) * q
-            it += 1
-            rel = float(np.linalg.norm(r)) / bnorm
-            if rel <= tol:
-                break
-            z = mg(r)
-            rz_new = float(np.vdot(r, z))
-            p *= np.float32(rz_new / rz)
-            p += z
-            rz = rz_new
+            return q
+
+        x, it, rel = _pcg(laplacian, rhs, _Multigrid(dom, vs), tol=tol, max_iter=max_iter)
     background = np.zeros(f.shape, dtype=np.float32)
     background[box] = x[1:-1, 1:-1, 1:-1]
     eroded = interior_full

@@ -96,7 +96,7 @@ def _resharp(field, mask, voxel_size, *, radius_mm, lambda_, tol, max_iter, work
     fill = np.float32(m.mean())
     minv = np.repeat(1.0 / (fill * c * c + np.float32(lam)), 2, axis=-1).astype(np.float32)
     with num_threads(workers):
-        u, it = _pcg(apply, rhs, lambda r: r * minv, tol=tol, max_iter=max_iter)
+        u, it, _ = _pcg(apply, rhs, lambda r: r * minv, tol=tol, max_iter=max_iter)
     rel = float(np.linalg.norm(rhs - apply(u)) / max(np.linalg.norm(rhs), 1e-30))
     x = to_image(u)
     local = np.zeros(f.shape, dtype=np.float32)
