@@ -58,13 +58,14 @@ def pipeline_run(tmp_path_factory, full_phantom, full_gre):
         "root": root,
         "inputs": loadpkl(result).inputs,
         "tkd": read(result.parent / "chi.nii"),
+        "mask": read(loadpkl(result).inputs["mask"], np.uint8) > 0,
         "chi_true": read(truth / "sub-01_Chimap.nii.gz"),
         "labels": read(truth / "sub-01_dseg.nii.gz", int),
     }
 
 
 def _compare(run, chi):
-    return compare_roi_means(chi, run["chi_true"], run["labels"], chi != 0, DEEP_GREY_LABELS)
+    return compare_roi_means(chi, run["chi_true"], run["labels"], run["mask"], DEEP_GREY_LABELS)
 
 
 def test_the_pipeline_used_its_default_background_removal(pipeline_run):
@@ -81,7 +82,11 @@ def test_accuracy_from_the_pipelines_local_field(pipeline_run, method, tmp_path,
     res = DipoleInversion(**inputs).run()
     chi = np.asarray(nib.load(res.outputs.chi).dataobj, np.float32)
     tkd = pipeline_run["tkd"]
-    assert np.array_equal(chi != 0, tkd != 0)  # the same mask
+    # the same support as the pipeline's TKD: the inversion's mask (not ``chi != 0``: a voxel
+    # of χ near zero is exactly 0.0 in float32 now and then, ulp 2e-9 at 0.02 ppm)
+    mask = pipeline_run["mask"]
+    assert not chi[~mask].any() and not tkd[~mask].any()
+    assert np.count_nonzero(chi[mask]) >= 0.999 * mask.sum()
     ours, base = _compare(pipeline_run, chi), _compare(pipeline_run, tkd)
     table = format_comparison(ours, {lab: label_name(lab) for lab in DEEP_GREY_LABELS})
     print(f"\n{method} from the pipeline's local field (TKD NRMSE {base['nrmse']:.3f})\n{table}")
