@@ -268,6 +268,10 @@ def _main(argv):
         from qsmprep.cli.slurm import main_slurm_script
 
         return main_slurm_script(argv[1:])
+    if argv and argv[0] == "stage":
+        from qsmprep.cli.stage import main_stage
+
+        return main_stage(argv[1:])
     if argv and argv[0] == "demo":
         opts = get_demo_parser().parse_args(argv[1:])
         from qsmprep.cli.demo import run_demo
