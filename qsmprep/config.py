@@ -195,6 +195,8 @@ class ExecutionSettings:
     mask: str | None = None
     #: BIDS derivatives folder with per-acquisition ``desc-brain_mask`` files (``--derivatives``).
     derivatives: str | None = None
+    #: Also write χ, R2* and T2* as DICOM series (``--dicom-export``).
+    dicom_export: bool = False
 
 
 @dataclass

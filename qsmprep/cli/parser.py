@@ -137,6 +137,10 @@ def get_parser():
                             + "; overrides the preset's phase_units (default: auto, which detects only "
                               "unambiguous encodings and otherwise stops; see README 'Your data')")
 
+    g_out = parser.add_argument_group("Outputs")
+    g_out.add_argument("--dicom-export", action="store_true",
+                       help="also write chi, R2* and T2* as DICOM series (PACS) under "
+                            "sub-<L>[/ses-<S>]/dicom/<map>/, values in ppm, 1/s and s through the rescale slope")
     g_mask = parser.add_argument_group("Masks")
     g_mask.add_argument("--mask", type=_existing_file, metavar="FILE",
                         help="brain mask (NIfTI in the GRE grid) to use instead of computing one; "

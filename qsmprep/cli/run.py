@@ -72,6 +72,7 @@ def build_config(opts):
     if ex.plugin_args and ex.plugin not in ("SLURM", "SLURMGraph"):
         raise InputError(f"--plugin-args is for --plugin SLURM or SLURMGraph, not {ex.plugin}")
     ex.skip_bids_validation = opts.skip_bids_validation
+    ex.dicom_export = bool(getattr(opts, "dicom_export", False))
     ex.b0 = opts.b0
     ex.verbosity = opts.verbosity
     ex.run_uuid = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:8]}"

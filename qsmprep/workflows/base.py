@@ -39,7 +39,8 @@ def init_qsmprep_wf(config, records):
             records=recs, bids_dir=ex.bids_dir, output_dir=ex.output_dir, stages=wf_cfg.stages,
             echo_strategy=wf_cfg.echo_strategy, pad_voxels=wf_cfg.pad_voxels,
             omp_nthreads=omp_nthreads, anat=getattr(config, "anat", None),
-            user_masks=user_masks, name=f"single_subject_{subject}_wf",
+            user_masks=user_masks, dicom_export=getattr(ex, "dicom_export", False),
+            name=f"single_subject_{subject}_wf",
         )
         if ex.run_uuid:
             # crash reports of a participant go to out/sub-<L>/log/<run_uuid>/ (node configs win
@@ -125,7 +126,8 @@ def _stage_summary(stages):
 
 
 def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strategy="combined",
-                           pad_voxels=16, omp_nthreads=1, anat=None, user_masks=None, name="single_subject_wf"):
+                           pad_voxels=16, omp_nthreads=1, anat=None, user_masks=None, dicom_export=False,
+                           name="single_subject_wf"):
     """All acquisitions of one participant: a GRE workflow and its derivatives each.
 
     Parameters
@@ -141,6 +143,8 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         (:func:`init_anat_wiring`).
     user_masks : dict, optional
         ``{prefix: (mask file, source)}`` from :func:`find_user_masks`.
+    dicom_export : bool
+        Also write χ, R2* and T2* as DICOM series (:class:`qsmprep.interfaces.dicom.DicomExport`).
 
     Every acquisition also gets its QC metrics (:class:`qsmprep.interfaces.qc.QCMetrics`,
     ``..._desc-qc_metrics.json``), with the registration check when it was registered.
@@ -186,6 +190,16 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             (gre_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields + list(INFO_FIELDS)
                              if rec.n_echoes > 1 or f != "r2star_info"]),
         ])
+        if dicom_export:
+            from qsmprep.interfaces.dicom import DicomExport
+
+            ref = stages["reference"]
+            dicom = pe.Node(DicomExport(out_dir=str(output_dir), entities=dict(rec.entities),
+                                        reference=getattr(ref, "method", None) or ref["method"]),
+                            name=f"dicom_{label}")
+            maps = ["chi", "mask_filled"] + (["r2star", "t2star"] if rec.n_echoes > 1 else [])
+            workflow.connect([(gre_wf, dicom, [(f"outputnode.{m}", "mask" if m == "mask_filled" else m)
+                                               for m in maps])])
         qc_node = _connect_qc(workflow, gre_wf, rec, output_dir=output_dir,
                               unwrapping=common_meta["QSMPipeline"]["unwrapping"]["method"],
                               sources=sources, label=label)
