@@ -8,7 +8,7 @@ from pathlib import Path
 from qsmprep import __version__
 
 #: First words that select a sub-command instead of the BIDS App positional interface.
-SUBCOMMANDS = ("demo", "prefetch", "slurm-script", "stage")
+SUBCOMMANDS = ("demo", "prefetch", "slurm-script", "stage", "dicom2bids")
 #: ``--phase-units`` choices (the ``phase_units`` stage's methods in :mod:`qsmprep.config`).
 PHASE_UNIT_CHOICES = ("auto", "radians", "degrees", "int12", "int12-signed", "uint16", "rescale")
 
@@ -82,7 +82,8 @@ def get_parser():
         description="Quantitative susceptibility mapping (QSM) and R2*/T2* from multi-echo GRE "
         "BIDS datasets. Other commands: `qsmprep demo OUT_DIR` makes and processes a phantom dataset; "
         "`qsmprep prefetch` downloads TemplateFlow files; `qsmprep slurm-script` writes a SLURM array job; "
-        "`qsmprep stage STAGE IN OUT` runs one stage of the QSM-CI benchmark contract.",
+        "`qsmprep stage STAGE IN OUT` runs one stage of the QSM-CI benchmark contract; "
+        "`qsmprep dicom2bids DICOM_DIR BIDS_DIR --participant-label L` converts DICOMs to BIDS.",
         formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--version", action="version", version=f"qsmprep {__version__}")

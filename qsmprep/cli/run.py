@@ -269,6 +269,10 @@ def _main(argv):
         from qsmprep.cli.slurm import main_slurm_script
 
         return main_slurm_script(argv[1:])
+    if argv and argv[0] == "dicom2bids":
+        from qsmprep.cli.dicom2bids import main_dicom2bids
+
+        return main_dicom2bids(argv[1:])
     if argv and argv[0] == "stage":
         from qsmprep.cli.stage import main_stage
 

@@ -78,7 +78,7 @@ def _ds(value):
 
 def write_series(data, affine, out_dir, *, series_description, units, series_number, patient_id,
                  patient_name=None, study_uid=None, frame_of_reference_uid=None, study_description="qsmprep",
-                 mask=None, extra=None):
+                 mask=None, extra=None, series_uid=None, scaling=None):
     """Write a 3D map as one DICOM series (one file per slice) into ``out_dir``; returns the files.
 
     ``units``: ``"ppm"``, ``"1/s"`` or ``"s"``.  ``study_uid`` and ``frame_of_reference_uid``
@@ -97,23 +97,26 @@ def write_series(data, affine, out_dir, *, series_description, units, series_num
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 3:
         raise ValueError(f"a DICOM series is written from a 3D map, got shape {data.shape}")
-    if units not in UCUM:
+    if units not in UCUM and scaling is None:
         raise ValueError(f"units must be one of {', '.join(UCUM)}, got {units!r}")
     data = np.where(np.isfinite(data), data, 0.0)
-    slope, intercept = rescale(data)
-    stored = np.round((data - intercept) / slope).astype(np.int16)
+    slope, intercept = rescale(data) if scaling is None else (float(scaling[0]), float(scaling[1]))
+    stored = np.round((data - intercept) / slope)
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise ValueError(f"scaling {slope, intercept} does not fit the values in int16")
+    stored = stored.astype(np.int16)
     centre, width = window(data, mask)
     iop, position, pixel_spacing, slice_spacing = geometry(affine)
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     study_uid = study_uid or generate_uid()
     frame_uid = frame_of_reference_uid or generate_uid()
-    series_uid = generate_uid()
+    series_uid = series_uid or generate_uid()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the series follows the user's umask
-    unit_name, unit_code = UCUM[units]
+    unit_name, unit_code = UCUM.get(units, (units, units))
     files = []
     try:
         for k in range(data.shape[2]):
