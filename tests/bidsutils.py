@@ -40,6 +40,8 @@ def make_tiny_bids(root, *, subjects=("01",), n_echoes=3, shape=(12, 12, 10), pa
                     data = rng.standard_normal(shape).astype(np.float32)
                 write_image(stem.with_suffix(".nii.gz"), data)
                 meta = {"EchoTime": round(te0 + (e - 1) * dte, 6), "EchoNumber": e}
+                if part == "phase":  # BIDS requires Units for part-phase (scanner integers here)
+                    meta["Units"] = "arbitrary"
                 if b0 is not None:
                     meta["MagneticFieldStrength"] = b0
                 write_json(stem.with_suffix(".json"), meta)

@@ -97,7 +97,8 @@ def get_parser():
     g_bids.add_argument("--session-label", "--session_label", nargs="+", type=_label("ses-"),
                         metavar="LABEL", help="sessions to process (with or without 'ses-'); all by default")
     g_bids.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
-                        help="do not let pybids validate file names")
+                        help="do not run the BIDS validator (bids-validator-deno) on the dataset, and do not "
+                             "let pybids validate file names")
     g_bids.add_argument("--b0", type=_positive_float, metavar="TESLA",
                         help="field strength to use when sidecars lack MagneticFieldStrength (overrides them)")
 

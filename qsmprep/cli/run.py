@@ -34,6 +34,11 @@ from qsmprep.errors import InputError
 LOGGER = logging.getLogger("nipype.workflow")
 
 
+#: Lines of the derivatives' ``.bidsignore``.
+BIDSIGNORE = ("*.html", "sub-*/figures", "sub-*/log", "logs", "sub-*/dicom", "sub-*/ses-*/dicom",
+              "*_desc-qc_metrics.json", "group")
+
+
 def write_dataset_description(output_dir, config):
     """``dataset_description.json`` of the derivatives, with the resolved configuration."""
     from qsmprep.interfaces.derivatives import write_json
@@ -51,6 +56,14 @@ def write_dataset_description(output_dir, config):
     }
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(output_dir) / "dataset_description.json", desc)
+    # what the BIDS validator should not hold to BIDS names: reports, figures, logs, the DICOM
+    # export, the QC metrics (a JSON file without an image), the group level's tables
+    ignore = Path(output_dir) / ".bidsignore"
+    if not ignore.exists():
+        from qsmprep.interfaces.derivatives import atomic_write_bytes
+
+        text = "\n".join(BIDSIGNORE) + "\n"
+        atomic_write_bytes(ignore, lambda tmp: Path(tmp).write_text(text))
 
 
 def build_config(opts):
@@ -125,6 +138,12 @@ def run_participant(config):
             raise InputError("the dataset has no participants with GRE data (no sub-<label>/ folders)",
                              path=ex.bids_dir)
         check_inputs(records)
+        # after qsmprep's own checks, whose messages name the file and the fix for what it knows
+        # (a missing EchoTime, a damaged file), the BIDS validator holds the dataset to the standard
+        if not ex.skip_bids_validation:
+            from qsmprep.bids import run_bids_validator
+
+            run_bids_validator(ex.bids_dir)
     except InputError:
         _remove_empty(created)
         raise

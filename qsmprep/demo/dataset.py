@@ -98,6 +98,8 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
                     "EchoTime": round(float(te), 6), "EchoNumber": e, "MagneticFieldStrength": ph.b0,
                     "Manufacturer": "Siemens", "RepetitionTime": TR, "FlipAngle": FLIP,
                     "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"],
+                    # BIDS requires Units for part-phase: integers 0..4095, not radians
+                    **({"Units": "arbitrary"} if part == "phase" else {}),
                 })
         t1w = render_t1w(size, seed=sub_seed)
         t1w.to_filename(anat / f"sub-{sub}_T1w.nii.gz")

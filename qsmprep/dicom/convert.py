@@ -20,7 +20,8 @@ part it appends, ``EchoTime``, ``ScanningSequence``, ``SequenceVariant``, ``Inve
   with the reason and not written**: nothing is guessed.
 
 The sidecars keep every field dcm2niix wrote (EchoTime in s, MagneticFieldStrength,
-Manufacturer, ...).  The DICOM folder is never written (dcm2niix writes into a temporary
+Manufacturer, ...), and a phase gets the ``Units`` BIDS requires (``rad`` when its values are
+radians for certain, else ``arbitrary``).  The DICOM folder is never written (dcm2niix writes into a temporary
 folder outside it), existing files in the BIDS folder are never replaced, and a
 ``dataset_description.json`` is added when the BIDS folder has none.
 """
@@ -107,6 +108,21 @@ def _grid_key(path):
 
 def _label(text):
     return re.sub(r"[^A-Za-z0-9]", "", text) or "gre"
+
+
+def _phase_units(nii):
+    """BIDS ``Units`` of a converted phase (required for part-phase): ``rad`` only when the values
+    are a wrapped phase in radians for certain (:func:`qsmprep.qsm.phase.detect_phase_units`,
+    no rescaling), else ``arbitrary`` (scanner integers, scaled exports)."""
+    import nibabel as nib
+
+    from qsmprep.qsm.phase import PhaseUnitsError, detect_phase_units
+
+    try:
+        units, _ = detect_phase_units(np.asarray(nib.load(str(nii)).dataobj, dtype=np.float32), allow_rescale=False)
+    except (PhaseUnitsError, ValueError):
+        return "arbitrary"
+    return "rad" if units == "radians" else "arbitrary"
 
 
 def plan(converted):
@@ -214,6 +230,8 @@ def dicom2bids(dicom_dir, bids_dir, participant, session=None, *, dcm2niix=None,
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for nii, meta, dest in paths:
+            if "_part-phase_" in dest.name and "Units" not in meta:
+                meta = dict(meta, Units=_phase_units(nii))
             shutil.copyfile(nii, dest)
             dest.with_name(dest.name[:-7] + ".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             written.append(dest)

@@ -18,8 +18,11 @@ OUTPUTS = (
     ("average", "magnitude", "echoaverage", "arbitrary", ("phase_info",), {"SkullStripped": False}),
     # brain-only echo average (filled mask): the image registered to the T1w
     ("brain", "magnitude", "echoaveragebrain", "arbitrary", ("phase_info", "mask_info"), {"SkullStripped": True}),
-    ("total_field", "fieldmap", "totalfield", "ppm", ("phase_info", "field_info", "unwrap_info"), {}),
-    ("local_field", "fieldmap", "localfield", "ppm", ("phase_info", "field_info", "unwrap_info", "local_info"), {}),
+    # the total field is fitted over the whole field of view; the local field exists in the mask only
+    ("total_field", "fieldmap", "totalfield", "ppm", ("phase_info", "field_info", "unwrap_info"),
+     {"SkullStripped": False}),
+    ("local_field", "fieldmap", "localfield", "ppm", ("phase_info", "field_info", "unwrap_info", "local_info"),
+     {"SkullStripped": True}),
 )
 
 #: Sidecar dictionaries of the stages (``phase_info``: PhaseUnits, PhaseUnitsSource and
