@@ -37,7 +37,7 @@ METHODS = {
     "echo_average": ("rss", "mean"),
     "masking": ("threshold", "bet", "none"),
     "background": ("vsharp", "pdf", "lbv", "ismv", "resharp"),
-    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv", "rts"),
+    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv", "nltv", "rts"),
     "reference": ("whole-brain", "csf", "roi", "none"),
 }
 
@@ -64,6 +64,7 @@ LISTED_OPTIONS = {
     ("inversion", "medi"): ("lambda_", "lambda_rule", "edge_fraction"),
     ("inversion", "medi+0"): ("lambda_", "lambda_rule", "edge_fraction"),
     ("inversion", "tv"): ("lambda_", "lambda_rule"),
+    ("inversion", "nltv"): ("lambda_", "lambda_rule"),
     ("inversion", "rts"): ("lambda_", "lambda_rule", "delta"),
     ("background", "vsharp"): ("radius_max_mm",),
     ("background", "pdf"): ("tol", "max_iter", "pad"),

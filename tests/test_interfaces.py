@@ -123,6 +123,13 @@ def test_stage_interfaces_chain_on_small_phantom(tmp_path, small_phantom, small_
     assert bg.info["BackgroundRemoval"] == "vsharp"
     inv = DipoleInversion(local_field=bg.local_field, mask=bg.mask, b0_dir=load.b0_dir).run(cwd=tmp_path).outputs
     assert inv.info["DipoleInversionParameters"]["threshold"] == 0.19
+    # nlTV's phase scale comes from the acquisition (2π γ̄ B0 ΔTE) and is recorded
+    nl = DipoleInversion(local_field=bg.local_field, mask=bg.mask, b0_dir=load.b0_dir, method="nltv",
+                         echo_times=tes, b0=3.0).run(cwd=tmp_path).outputs
+    from qsmprep.qsm.echoes import phase_per_ppm
+
+    assert nl.info["DipoleInversionParameters"]["phase_scale"] == pytest.approx(phase_per_ppm(tes, 3.0))
+    assert nl.info["DipoleInversionParameters"]["data_term"] == "nonlinear"
     ref = ReferenceChi(chi=inv.chi, mask=bg.mask).run(cwd=tmp_path).outputs
     chi, img = _load(ref.chi)
     valid = _load(bg.mask)[0] > 0

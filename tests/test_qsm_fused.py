@@ -57,6 +57,20 @@ def test_periodic_divergence_shrink_and_data_split(shape, vs):
     np.testing.assert_allclose(vv, v_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(uv, y - v_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rhs, v_ref - (y - v_ref), rtol=1e-5, atol=1e-5)
+    # nlTV's: safeguarded Newton steps on W²(1 − cos(a(v − f)))/a² + μ/2 (v − y)² from v
+    a, w2b = np.float32(6.0), (2.0 * w2).astype(np.float32)  # weights above 1: both branches
+    v0 = (f + 0.3 * u[1]).astype(np.float32)
+    vv, uv, rhs = v0.copy(), u[0].copy(), np.empty_like(x)
+    _fused.data_split_nonlinear(dchi, f, w2b, 0.7, a, 3, vv, uv, rhs)
+    ref = v0.copy()
+    for _ in range(3):
+        ph = a * (ref - f)
+        curv = w2b * np.cos(ph)
+        assert (curv <= 0).any() and (curv > 0).any()
+        ref = ref - (w2b * np.sin(ph) / a + 0.7 * (ref - y)) / (np.where(curv > 0, curv, w2b) + 0.7)
+    np.testing.assert_allclose(vv, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(uv, y - ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rhs, ref - (y - ref), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis

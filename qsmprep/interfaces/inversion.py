@@ -8,6 +8,7 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined
 
 from qsmprep.errors import InputError
 from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, load_mask, save_like, voxel_size_of
+from qsmprep.qsm.echoes import phase_per_ppm
 from qsmprep.qsm.inversion import invert
 from qsmprep.qsm.reference import reference_chi
 from qsmprep.qsm.weights import average_echoes
@@ -23,6 +24,8 @@ class _InversionInputSpec(QSMInputSpec):
     method = traits.Str("tkd", usedefault=True, desc="dipole inversion method")
     params = traits.Dict(desc="method-specific keyword parameters (lambda_, lambda_rule, ...)")
     pad = traits.Int(16, usedefault=True, desc="zero padding (voxels per side)")
+    echo_times = traits.List(traits.Float, desc="echo times (s): the nonlinear data terms' phase scale")
+    b0 = traits.Float(desc="field strength (T): the nonlinear data terms' phase scale")
 
 
 class _InversionOutputSpec(TraitedSpec):
@@ -48,6 +51,10 @@ class DipoleInversion(SimpleInterface):
             if isdefined(getattr(self.inputs, name)):
                 opt[name] = load(getattr(self.inputs, name))[0]
         params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
+        nonlinear = self.inputs.method == "nltv" or params.get("data_term") == "nonlinear"
+        if nonlinear and params.get("phase_scale") is None and isdefined(self.inputs.echo_times) \
+                and isdefined(self.inputs.b0):
+            params["phase_scale"] = phase_per_ppm(self.inputs.echo_times, self.inputs.b0)
         vols = local[..., None] if local.ndim == 3 else local
         chis, info = [], {}
         for e in range(vols.shape[-1]):

@@ -13,6 +13,23 @@ def rad_per_s_to_ppm(omega, b0):
     return np.asarray(omega) / (2 * np.pi * GAMMA_BAR_MHZ_PER_T * float(b0))
 
 
+def phase_per_ppm(tes, b0):
+    """Phase (rad) that 1 ppm of field makes over the echo spacing: ``2π γ̄ B0 ΔTE``.
+
+    ``ΔTE`` is the mean echo spacing of a multi-echo acquisition, ``(TE_max − TE_min)/(n − 1)``
+    (the MEDI toolbox's convention for its nonlinear data term: its field is in radians per
+    echo spacing), and the echo time itself for one echo.  The scale of the nonlinear
+    (complex exponential) data terms of MEDI and nlTV.
+    """
+    tes = np.sort(np.asarray(tes, dtype=np.float64).ravel())
+    if tes.size == 0 or np.any(tes <= 0):
+        raise ValueError(f"echo times must be positive, got {tes.tolist()}")
+    dte = tes[0] if tes.size == 1 else (tes[-1] - tes[0]) / (tes.size - 1)
+    if dte <= 0:
+        raise ValueError(f"echo times must differ, got {tes.tolist()}")
+    return float(2 * np.pi * GAMMA_BAR_MHZ_PER_T * float(b0) * dte)
+
+
 #: voxels per block in the voxel-wise fits: float64 temporaries of a block stay ~16 MB
 #: for 8 echoes, so a fit's memory is its inputs and outputs, not a dozen 4D copies
 BLOCK_VOXELS = 1 << 18

@@ -114,8 +114,14 @@ def background(field, mask, voxel_size, b0_dir, stages, noise=None, workers=None
     return local * valid, valid, info
 
 
-def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, noise=None, pad=16, workers=None):
-    """Referenced χ (ppm) from the local field; returns (χ, info)."""
+def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, noise=None, pad=16, workers=None,
+           phase_scale=None):
+    """Referenced χ (ppm) from the local field; returns (χ, info).
+
+    ``phase_scale``: the nonlinear data terms' phase per ppm; given only where the contract's
+    TE are real (``end-to-end``: QSM-CI writes a placeholder TE for the field-domain stages,
+    where ``nltv`` then needs ``phase_scale`` in ``--params``).
+    """
     from qsmprep.qsm.echoes import r2star_map
     from qsmprep.qsm.inversion import invert
     from qsmprep.qsm.reference import reference_chi
@@ -133,6 +139,8 @@ def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, n
     if ref_method == "roi":
         raise InputError("reference 'roi' needs a mask in the contract's grid; QSM-CI stages take 'whole-brain', "
                          "'csf' or 'none'")
+    if phase_scale is not None and (method == "nltv" or params.get("data_term") == "nonlinear"):
+        params.setdefault("phase_scale", phase_scale)
     try:
         chi, info = invert(local, valid, voxel_size, b0_dir, method=method, magnitude=_average(magnitude),
                            noise=noise, r2star=r2star, pad=pad, workers=workers, **params)
@@ -182,8 +190,11 @@ def run_stage(stage, input_dir, output_dir, *, method=None, params=None, preset=
         if stage == "bfr":
             out, artifact = local, "localfield"
         else:
+            from qsmprep.qsm.echoes import phase_per_ppm
+
+            scale = phase_per_ppm(tes, acq["B0"]) if stage == "end-to-end" else None
             out, inv_info = dipole(local, valid, vs, b0_dir, stages, magnitude=data.get("magnitude"), tes=tes,
-                                   noise=noise, pad=pad, workers=workers)
+                                   noise=noise, pad=pad, workers=workers, phase_scale=scale)
             info.update(inv_info)
             artifact = "chimap"
     sidecar = {

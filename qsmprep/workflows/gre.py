@@ -117,7 +117,8 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     )
     inv_method, inv_params = _stage(stages, "inversion")
     inversion = pe.Node(
-        DipoleInversion(method=inv_method, params=inv_params, pad=pad_voxels, num_threads=omp_nthreads),
+        DipoleInversion(method=inv_method, params=inv_params, pad=pad_voxels, num_threads=omp_nthreads,
+                        echo_times=list(echo_times), b0=float(b0)),
         name="inversion", n_procs=omp_nthreads, mem_gb=mem_inv,
     )
     if inv_method == "medi+0" and n_echoes < 2 and "csf" not in inv_params:

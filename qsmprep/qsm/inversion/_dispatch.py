@@ -33,13 +33,14 @@ from qsmprep.qsm.inversion.tikhonov import _tikhonov_parts, _tikhonov_solve, tik
 from qsmprep.qsm.inversion.tkd import tkd
 from qsmprep.qsm.inversion.tv import tv
 
-#: The function of each method (``medi+0`` is :func:`medi` with its CSF term).
+#: The function of each method (``medi+0`` is :func:`medi` with its CSF term; ``nltv``, FANSI's
+#: nonlinear TV, is :func:`tv` with its complex exponential data term).
 _FUNCTIONS = {"tkd": tkd, "tikhonov": tikhonov, "ilsqr": ilsqr, "medi": medi, "medi+0": medi, "tv": tv,
-              "rts": rts}
+              "nltv": tv, "rts": rts}
 #: Inversion methods :func:`invert` accepts.
 METHODS = tuple(_FUNCTIONS)
 #: Methods whose regularisation weight can be chosen by a rule.
-_REGULARISED = ("tikhonov", "medi", "medi+0", "tv", "rts")
+_REGULARISED = ("tikhonov", "medi", "medi+0", "tv", "nltv", "rts")
 #: The keyword options of each method that :func:`invert` passes on (and records).
 _METHOD_PARAMS = {
     "tkd": {"threshold", "correct"},
@@ -50,6 +51,7 @@ _METHOD_PARAMS = {
     "medi+0": {"edge_fraction", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "data_term",
                "phase_scale", "lambda_csf", "csf_r2star_max", "csf"},
     "tv": {"mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter"},
+    "nltv": {"mu", "mu_data", "max_iter", "tol", "phase_scale", "newton_iter"},
     "rts": {"delta", "lsmr_iter", "rho", "tol", "max_iter", "tau", "gamma"},
 }
 _SELECTION_PARAMS = {"lambda_range", "lambda_evals"}
@@ -235,14 +237,21 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
 
         reg_kind = "l1"
         info.update(opts)
-    elif method == "tv":
+    elif method in ("tv", "nltv"):
+        opts = dict(params)
+        if method == "nltv":  # Milovic et al. 2018: the complex exponential data term
+            if opts.get("phase_scale") is None:
+                raise ValueError("method 'nltv' needs phase_scale, the phase (rad) of 1 ppm of field "
+                                 "(qsmprep.qsm.echoes.phase_per_ppm of the echo times and B0)")
+            opts["data_term"] = "nonlinear"
+
         def solve(lam):
             out = tv(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, pad=pad,
-                     workers=workers, stats=stats, **params)
+                     workers=workers, stats=stats, **opts)
             return grid.put(out)
 
         reg_kind = "tv"
-        info.update(params)
+        info.update(opts)
     else:  # rts: no data weights (Kames et al.'s data term is the step-1 spectrum)
         def solve(lam):
             return grid.put(rts(field, mask, vs, b, lambda_=lam, pad=pad, workers=workers, stats=stats, **params))

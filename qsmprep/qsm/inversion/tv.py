@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qsmprep.qsm._numba import num_threads
-from qsmprep.qsm.inversion._fused import data_split, periodic_divergence, shrink
+from qsmprep.qsm.inversion._fused import data_split, data_split_nonlinear, periodic_divergence, shrink
 from qsmprep.qsm.inversion._operators import (
     _check_data_term,
     _check_inputs,
@@ -32,7 +32,9 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
     * ``χ = F⁻¹[(μ Σ Ē_i F(z_i − u_i) + μ_d D F(v − u_v)) / (μ Σ|E_i|² + μ_d D²)]``;
     * ``z = shrink(∇χ + u, λ/μ)`` (vector soft thresholding);
     * ``v = (W² f + μ_d (Dχ + u_v)) / (W² + μ_d)`` voxel-wise (linear), or a few Newton
-      steps on ``W² |exp(i a v) − exp(i a f)|²/(2a²) + μ_d/2 (v − Dχ − u_v)²`` (nonlinear);
+      steps on ``W² |exp(i a v) − exp(i a f)|²/(2a²) + μ_d/2 (v − Dχ − u_v)²`` (nonlinear;
+      where that voxel's cost is not convex, ``W² cos(a(v − f)) ≤ 0``, the step uses the
+      curvature bound ``W² + μ_d`` instead, so that it descends);
     * ``u += ∇χ − z``, ``u_v += Dχ − v``.
 
     Stops when ``‖χ_k − χ_{k−1}‖ < tol ‖χ_k‖`` or after ``max_iter`` iterations.
@@ -112,13 +114,10 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
             if data_term == "linear":
                 data_split(dchi, w2f, w2, mu_d, v, uv, data_in)
             else:
-                y = dchi + uv
-                for _ in range(newton_iter):
-                    ph = a * (v - f)
-                    v = v - (w2 * np.sin(ph) / a + np.float32(mu_d) * (v - y)) / (w2 * np.cos(ph) + np.float32(mu_d))
-                uv = y - v  # = u_v + Dχ − v
-                data_in = v - uv
-                del y
+                # Newton where that voxel's cost is convex (cos > 0); elsewhere a step with the
+                # curvature's bound W² + μ_d, which always descends (W² cos + μ_d can be ≤ 0
+                # where weights above 1 meet a field far from the data, and Newton diverges)
+                data_split_nonlinear(dchi, f, w2, mu_d, a, newton_iter, v, uv, data_in)
             del dchi
             if it > 1 and change < tol:
                 break
