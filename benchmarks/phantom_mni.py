@@ -381,8 +381,11 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
         for part in parts:
             stem = anat / f"sub-01_echo-{e}_part-{part}_MEGRE"
             nib.Nifti1Image(data[part], ph.affine).to_filename(f"{stem}.nii.gz")
-            _json(f"{stem}.json", {"EchoTime": float(te), "EchoNumber": e, "MagneticFieldStrength": prot.b0,
-                                   "Manufacturer": prot.manufacturer, "RepetitionTime": 0.035, "FlipAngle": 15})
+            meta = {"EchoTime": float(te), "EchoNumber": e, "MagneticFieldStrength": prot.b0,
+                    "Manufacturer": prot.manufacturer, "RepetitionTime": 0.035, "FlipAngle": 15}
+            if part == "phase":  # BIDS requires Units on part-phase
+                meta["Units"] = "rad" if prot.encoding == "radians" else "arbitrary"
+            _json(f"{stem}.json", meta)
     for name, data in (("sub-01_Chimap", ph.chi), ("sub-01_dseg", ph.labels),
                        ("sub-01_desc-brain_mask", ph.brain_mask.astype(np.uint8)),
                        ("sub-01_desc-shimmed_fieldmap", ph.total_field)):

@@ -480,7 +480,8 @@ def run_bids_validator(bids_dir, *, timeout=600):
     if errors:
         shown = "; ".join(
             f"{e.get('code')}{'/' + e['subCode'] if e.get('subCode') else ''} at {e.get('location', '?')}"
-            + (f" ({' '.join(str(e['issueMessage']).split())[:120]})" if e.get("issueMessage") else "")
+            + (f" ({' '.join(str(e['issueMessage']).split())[:120]})"
+               if e.get("issueMessage") and not str(e["issueMessage"]).startswith("Field description") else "")
             for e in errors[:MAX_ERRORS_SHOWN])
         more = f" and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
         raise InputError(f"the BIDS validator found {len(errors)} error(s): {shown}{more}; fix them, or pass "
