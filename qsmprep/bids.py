@@ -453,20 +453,24 @@ def run_bids_validator(bids_dir, *, timeout=600):
 
     Errors raise :class:`InputError` with the validator's codes, locations and messages
     (the first :data:`MAX_ERRORS_SHOWN`) and the hint ``--skip-bids-validation``; warnings are
-    logged as one summary line.  Returns ``{"validator", "version", "errors", "warnings"}``.
-    The validator only reads the dataset.
+    logged as one summary line.  Returns ``{"validator", "schema_version", "errors",
+    "warnings"}``.  The validator only reads the dataset.
     """
     import json
+    import os
     import subprocess
 
     exe = find_validator()
     if exe is None:
         raise InputError(f"the BIDS validator ({VALIDATOR}, a qsmprep dependency) is not installed; "
                          "reinstall qsmprep or pass --skip-bids-validation")
-    import os
-
     env = dict(os.environ, DENO_NO_UPDATE_CHECK="1", DENO_NO_PROMPT="1")
-    res = subprocess.run([exe, str(bids_dir), "--json"], capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        res = subprocess.run([exe, str(bids_dir), "--json"], capture_output=True, text=True, timeout=timeout,
+                             env=env)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"the BIDS validator did not finish within {timeout} s; pass --skip-bids-validation "
+                         "to go on without it", path=bids_dir) from None
     try:
         report = json.loads(res.stdout)
         issues = report["issues"]["issues"]

@@ -53,3 +53,14 @@ def make_tiny_bids(root, *, subjects=("01",), n_echoes=3, shape=(12, 12, 10), pa
 
 def gre_file(root, sub="01", echo=1, part="mag", ext=".nii.gz"):
     return Path(root) / f"sub-{sub}" / "anat" / f"sub-{sub}_echo-{echo}_part-{part}_MEGRE{ext}"
+
+
+def demo_with_tkd_preset(root):
+    """The small 1-subject demo dataset under ``root`` and a TKD preset beside it:
+    ``(write_demo_dataset's info, preset path)``, for tests that need a fast participant run."""
+    from qsmprep.demo import write_demo_dataset
+
+    info = write_demo_dataset(root, size="small", n_subjects=1)
+    preset = Path(root) / "tkd.json"
+    preset.write_text(json.dumps({"workflow": {"inversion": "tkd"}}))
+    return info, preset

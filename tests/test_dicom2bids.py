@@ -3,18 +3,15 @@ qsmprep, processed by ``participant``: the same χ as the demo's own BIDS data."
 
 import json
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 import dicomgen
+from bidsutils import demo_with_tkd_preset
 from qsmprep.cli.run import main
-from qsmprep.demo import render_t1w, write_demo_dataset
-
-TKD = {"workflow": {"inversion": "tkd"}}
-
+from qsmprep.demo import render_t1w
 
 def _participant(bids, out, preset):
     return main([str(bids), str(out), "participant", "-w", str(out) + "-work", "--no-coreg", "--nprocs", "2",
@@ -25,9 +22,7 @@ def _participant(bids, out, preset):
 def reference(tmp_path_factory):
     """χ of the demo's own BIDS dataset (same phantom, same signal), TKD."""
     root = tmp_path_factory.mktemp("d2b_ref")
-    info = write_demo_dataset(root, size="small", n_subjects=1)
-    preset = root / "tkd.json"
-    preset.write_text(json.dumps(TKD))
+    info, preset = demo_with_tkd_preset(root)
     assert _participant(info["bids_dir"], root / "out", preset) == 0
     return nib.load(root / "out/sub-01/anat/sub-01_Chimap.nii.gz").get_fdata(), preset
 

@@ -15,11 +15,9 @@ import pytest
 
 from qsmprep.analysis.validation import compare_roi_means
 from qsmprep.cli.run import main
-from qsmprep.demo import DEEP_GREY_LABELS, write_demo_dataset
+from qsmprep.demo import DEEP_GREY_LABELS
 from qsmprep.interfaces.io import LoadGRE
 from qsmprep.qsm.phase import PhaseUnitsError, detect_phase_units, scale_phase, wrap
-
-TKD = {"workflow": {"inversion": "tkd"}}
 
 
 # --- the detection rule on the phantom's phase ------------------------------------------------
@@ -136,10 +134,10 @@ def test_loader_4d_equals_per_echo_for_mag_phase_and_real_imag(small_gre, small_
 # --- end to end through the CLI ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo1(tmp_path_factory):
+    from bidsutils import demo_with_tkd_preset
+
     root = tmp_path_factory.mktemp("realdata")
-    info = write_demo_dataset(root, size="small", n_subjects=1)
-    preset = root / "tkd.json"
-    preset.write_text(json.dumps(TKD))
+    info, preset = demo_with_tkd_preset(root)
     return {"root": root, "bids": Path(info["bids_dir"]), "truth": Path(info["truth_dir"]) / "sub-01",
             "tkd": preset}
 

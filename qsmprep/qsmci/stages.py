@@ -30,6 +30,7 @@ import numpy as np
 
 from qsmprep.config import Config, load_preset
 from qsmprep.errors import InputError
+from qsmprep.interfaces.base import jsonable
 from qsmprep.qsmci.contract import STAGES, read_inputs, read_overrides, write_output
 
 LOG = logging.getLogger("qsmprep.qsmci")
@@ -203,13 +204,7 @@ def run_stage(stage, input_dir, output_dir, *, method=None, params=None, preset=
         "QSMCIParams": acq, "InputNotes": data["notes"],
         "ProcessingSeconds": round(time.perf_counter() - t0, 2),
     }
-    path = write_output(output_dir, artifact, out, data["image"], _jsonable(sidecar))
+    path = write_output(output_dir, artifact, out, data["image"], jsonable(sidecar))
     for note in data["notes"]:
         LOG.warning("%s", note)
     return path
-
-
-def _jsonable(value):
-    from qsmprep.interfaces.base import jsonable
-
-    return jsonable(value)

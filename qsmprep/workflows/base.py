@@ -12,7 +12,7 @@ from nipype.pipeline import engine as pe
 
 from qsmprep import __version__
 from qsmprep.qsm.kernels import b0_direction
-from qsmprep.workflows.gre import init_gre_wf
+from qsmprep.workflows.gre import _stage, init_gre_wf
 from qsmprep.workflows.outputs import INFO_FIELDS, OUTPUTS, init_gre_derivatives_wf
 
 WORKFLOW_NAME = "qsmprep_wf"
@@ -193,9 +193,8 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         if dicom_export:
             from qsmprep.interfaces.dicom import DicomExport
 
-            ref = stages["reference"]
             dicom = pe.Node(DicomExport(out_dir=str(output_dir), entities=dict(rec.entities),
-                                        reference=getattr(ref, "method", None) or ref["method"]),
+                                        reference=_stage(stages, "reference")[0]),
                             name=f"dicom_{label}")
             maps = ["chi", "mask_filled"] + (["r2star", "t2star"] if rec.n_echoes > 1 else [])
             workflow.connect([(gre_wf, dicom, [(f"outputnode.{m}", "mask" if m == "mask_filled" else m)
