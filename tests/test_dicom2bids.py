@@ -105,6 +105,23 @@ def test_unusable_series_are_listed_not_guessed(tmp_path, small_phantom, small_g
     assert "would replace existing files" in capsys.readouterr().err
 
 
+def test_a_gre_named_like_a_t1w_is_still_the_gre(tmp_path, small_phantom, small_gre):
+    """The name rule for T1w does not take the magnitudes of a GRE protocol that has phase images."""
+    import pydicom
+
+    ph, (signal, _) = small_phantom, small_gre
+    dicom = tmp_path / "dicom"
+    dicomgen.write_gre(dicom, ph, signal, "siemens", per_echo_series=False)
+    for f in dicom.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.ProtocolName = ds.SeriesDescription = "t1_gre_qsm"
+        ds.save_as(f, enforce_file_format=True)
+    bids = tmp_path / "bids"
+    assert main(["dicom2bids", str(dicom), str(bids), "--participant-label", "01"]) == 0
+    written = {p.name for p in (bids / "sub-01" / "anat").glob("*.nii.gz")}
+    assert written == {f"sub-01_echo-{e}_part-{p}_MEGRE.nii.gz" for e in range(1, 5) for p in ("mag", "phase")}
+
+
 def test_bad_folders_are_refused(tmp_path, capsys):
     dicom = tmp_path / "dicom"
     dicom.mkdir()

@@ -13,9 +13,10 @@ part it appends, ``EchoTime``, ``ScanningSequence``, ``SequenceVariant``, ``Inve
   same echo times, else it is listed as unusable.  Written as
   ``sub-<L>[_ses-<S>][_acq-<A>]_echo-<n>_part-<mag|phase|real|imag>_MEGRE`` (one echo:
   ``..._part-<..>_T2starw``), echoes numbered by echo time.
-* **T1w** (an MPRAGE-like inversion-recovery gradient echo with TI 0.3-1.5 s, or a protocol
-  named t1/mprage/mp2rage/spgr/bravo/tfe) and **FLAIR** (named flair, or TI ≥ 1.5 s with
-  TE ≥ 60 ms).
+* **T1w** (an MPRAGE-like inversion-recovery gradient echo with TI 0.3-1.5 s, or a magnitude
+  protocol named t1/mprage/mp2rage/spgr/bravo/tfe) and **FLAIR** (TI ≥ 1.5 s with TE ≥ 60 ms,
+  or named flair).  A name alone never makes a T1w of a protocol that also has phase or
+  real/imaginary images: that protocol is a GRE (e.g. one named ``t1_gre_qsm``).
 * Anything else (derived images, localisers, ambiguous or incomplete series) is **listed
   with the reason and not written**: nothing is guessed.
 
@@ -69,34 +70,57 @@ def _name(meta):
     return " ".join(str(meta.get(k) or "") for k in ("ProtocolName", "SeriesDescription"))
 
 
+def _anatomy_by_sequence(meta):
+    """T1w / FLAIR from the sequence alone (inversion recovery and its timing), or None."""
+    seq = str(meta.get("ScanningSequence") or "").upper()
+    ti, te = meta.get("InversionTime"), meta.get("EchoTime")
+    if ti is not None and ti >= 1.5 and te is not None and te >= 0.06:
+        return "FLAIR"
+    if "IR" in seq and ti is not None and 0.3 <= ti <= 1.5 and (te or 1) < 0.01:
+        return "T1w"
+    return None
+
+
+def _gre_part(meta):
+    """``(part, reason)`` of a gradient echo without inversion (``part`` None: not one)."""
+    tokens = _tokens(meta)
+    seq = str(meta.get("ScanningSequence") or "").upper()
+    if meta.get("EchoTime") is None:
+        return None, "no EchoTime in the sidecar"
+    if "GR" not in seq or "IR" in seq:
+        return None, f"not a gradient echo without inversion (ScanningSequence {seq or 'missing'})"
+    for part, marks in (("real", ("REAL",)), ("imag", ("IMAGINARY",)), ("phase", ("PHASE", "P")),
+                        ("mag", ("MAGNITUDE", "M"))):
+        if any(m in tokens for m in marks):
+            return part, f"gradient echo, ImageType {'/'.join(tokens)}"
+    return None, f"a gradient echo whose ImageType {'/'.join(tokens) or '(missing)'} names no image part"
+
+
 def classify(meta):
-    """What a converted series is: ``(kind, part, reason)``.
+    """What a converted series is, on its own: ``(kind, part, reason)``.
 
     ``kind``: ``"gre"`` (``part`` one of mag/phase/real/imag), ``"T1w"``, ``"FLAIR"`` or
-    None (not used; ``reason`` says why).
+    None (not used; ``reason`` says why).  A T1w / FLAIR found by its protocol name alone may
+    still be the magnitude of a GRE: :func:`plan` decides that from the other series.
     """
     tokens = _tokens(meta)
     name = _name(meta)
-    seq = str(meta.get("ScanningSequence") or "").upper()
-    ti = meta.get("InversionTime")
-    te = meta.get("EchoTime")
     if "DERIVED" in tokens:
         return None, None, "a derived image (e.g. the scanner's SWI, mIP or maps)"
     if _LOCALISER.search(name):
         return None, None, "a localiser / calibration series"
-    if _FLAIR_NAMES.search(name) or (ti is not None and ti >= 1.5 and te is not None and te >= 0.06):
-        return "FLAIR", None, "named FLAIR, or TI ≥ 1.5 s with TE ≥ 60 ms"
-    if _T1_NAMES.search(name) or ("IR" in seq and ti is not None and 0.3 <= ti <= 1.5 and (te or 1) < 0.01):
-        return "T1w", None, "named like a T1w, or an inversion-recovery gradient echo with TI 0.3-1.5 s"
-    if te is None:
-        return None, None, "no EchoTime in the sidecar"
-    if "GR" not in seq or "IR" in seq:
-        return None, None, f"not a gradient echo without inversion (ScanningSequence {seq or 'missing'})"
-    for part, marks in (("real", ("REAL",)), ("imag", ("IMAGINARY",)), ("phase", ("PHASE", "P")),
-                        ("mag", ("MAGNITUDE", "M"))):
-        if any(m in tokens for m in marks):
-            return "gre", part, f"gradient echo, ImageType {'/'.join(tokens)}"
-    return None, None, f"a gradient echo whose ImageType {'/'.join(tokens) or '(missing)'} names no image part"
+    by_sequence = _anatomy_by_sequence(meta)
+    if by_sequence == "FLAIR":
+        return "FLAIR", None, "TI ≥ 1.5 s with TE ≥ 60 ms"
+    if by_sequence == "T1w":
+        return "T1w", None, "an inversion-recovery gradient echo with TI 0.3-1.5 s"
+    part, reason = _gre_part(meta)
+    if part not in ("phase", "real", "imag"):  # a T1w / FLAIR is a magnitude image
+        if _FLAIR_NAMES.search(name):
+            return "FLAIR", None, "named FLAIR"
+        if _T1_NAMES.search(name):
+            return "T1w", None, "named like a T1w"
+    return ("gre", part, reason) if part else (None, None, reason)
 
 
 def _grid_key(path):
@@ -132,12 +156,19 @@ def plan(converted):
     for every series not written.
     """
     listed, gre, anat = [], defaultdict(lambda: defaultdict(list)), defaultdict(list)
-    for nii, meta in converted:
-        kind, part, reason = classify(meta)
+    # (protocol, grid): the acquisition a series belongs to
+    kinds = [(nii, meta, (str(meta.get("ProtocolName") or meta.get("SeriesDescription") or ""), _grid_key(nii)),
+              *classify(meta)) for nii, meta in converted]
+    # a protocol with phase (or real/imaginary) images is a GRE: its magnitudes are too, even where
+    # its name looks like a T1w / FLAIR (e.g. "t1_gre_qsm"), unless the sequence itself is one
+    gre_keys = {key for _, _, key, kind, part, _ in kinds if kind == "gre" and part != "mag"}
+    for nii, meta, key, kind, part, reason in kinds:
+        if kind in ("T1w", "FLAIR") and _anatomy_by_sequence(meta) is None and key in gre_keys:
+            part, reason = _gre_part(meta)
+            kind = "gre" if part == "mag" else kind
         if kind is None:
             listed.append((nii, reason))
         elif kind == "gre":
-            key = (str(meta.get("ProtocolName") or meta.get("SeriesDescription") or ""), _grid_key(nii))
             gre[key][part].append((float(meta["EchoTime"]), nii, meta))
         else:
             anat[kind].append((int(meta.get("SeriesNumber") or 0), nii, meta))
