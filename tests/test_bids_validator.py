@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qsmprep.bids import find_validator, run_bids_validator
+from qsmprep.validator import find_validator, run_bids_validator
 from qsmprep.demo import write_demo_dataset
 from qsmprep.errors import InputError
 

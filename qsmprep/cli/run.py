@@ -141,7 +141,7 @@ def run_participant(config):
         # after qsmprep's own checks, whose messages name the file and the fix for what it knows
         # (a missing EchoTime, a damaged file), the BIDS validator holds the dataset to the standard
         if not ex.skip_bids_validation:
-            from qsmprep.bids import run_bids_validator
+            from qsmprep.validator import run_bids_validator
 
             run_bids_validator(ex.bids_dir)
     except InputError:
