@@ -35,9 +35,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import phantom_mni  # noqa: E402
 
-#: demo labels (qsmprep.demo.DEMO_LABELS) → QSM-CI's
-DEMO_TO_QSMCI = {11: 1, 12: 1, 13: 3, 14: 3, 15: 2, 16: 2, 17: 7, 18: 7, 19: 4, 20: 4, 21: 6, 22: 6,
-                 6: 8, 5: 9, 4: 10, 7: 10, 8: 10, 30: 11, 31: 16, 2: 13, 0: 14, 3: 14, 1: 15}
 COLUMNS = ("nrmse", "nrmse_detrend", "xsim", "hfen", "dgm_linearity", "dgm_mae_ppm", "calc_moment_rel",
            "nrmse_blood", "coverage", "haemorrhage_ppm", "seconds")
 
@@ -114,9 +111,9 @@ def main(argv=None):
         truth = case / "truth" / "sub-01"
         seg = _read(truth / "sub-01_dseg.nii.gz", np.int32)
         if family == "demo":
-            lut = np.zeros(max(DEMO_TO_QSMCI) + 1, np.int32)
-            lut[list(DEMO_TO_QSMCI)] = list(DEMO_TO_QSMCI.values())
-            seg = lut[seg]
+            from qsmprep.demo import qsmci_segmentation
+
+            seg = qsmci_segmentation(seg)
         chi = _read(case / f"out-{tag}" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
         m = score(chi, _read(truth / "sub-01_Chimap.nii.gz"), _read(truth / "sub-01_desc-brain_mask.nii.gz"), seg)
         m["seconds"] = secs

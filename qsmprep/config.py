@@ -39,6 +39,7 @@ METHODS = {
     "background": ("vsharp", "pdf", "lbv", "ismv", "resharp"),
     "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv", "nltv", "rts"),
     "reference": ("whole-brain", "csf", "roi", "none"),
+    "chi_separation": ("none", "chisep"),
 }
 
 #: Default method of each stage: fast, robust methods for phase handling, and for the
@@ -50,7 +51,7 @@ METHODS = {
 DEFAULT_METHODS = {
     "phase_units": "auto", "phase_offset": "none", "unwrapping": "laplacian", "combination": "linear",
     "r2star": "loglinear", "echo_average": "rss", "masking": "threshold", "background": "lbv",
-    "inversion": "medi", "reference": "whole-brain",
+    "inversion": "medi", "reference": "whole-brain", "chi_separation": "none",
 }
 
 #: The options the configuration lists for a method (and so ``dataset_description.json``
@@ -79,6 +80,7 @@ LISTED_OPTIONS = {
     ("masking", "threshold"): ("refine", "erode_mm"),
     ("masking", "bet"): ("f", "g", "refine", "erode_mm"),
     ("masking", "none"): ("refine", "erode_mm"),
+    ("chi_separation", "chisep"): ("lambda_", "edge_fraction", "r2"),
 }
 
 #: Where the pipeline deliberately departs from a function's own default (a choice, not a
@@ -103,6 +105,10 @@ def signature_defaults(stage, method):
         return masking.default_parameters(method)
     if stage == "r2star":
         return keyword_defaults(echoes.r2star_map, exclude=("method", "mask"))
+    if stage == "chi_separation" and method == "chisep":
+        from qsmprep.qsm import chisep
+
+        return chisep.parameters()
     if stage == "combination":
         func = echoes.fit_field_nonlinear if method == "nonlinear" else echoes.fit_field
         return keyword_defaults(func, exclude=("method", "phase_wrapped", "mask", "init_slope", "init_offset"))
@@ -198,6 +204,8 @@ class ExecutionSettings:
     derivatives: str | None = None
     #: Also write χ, R2* and T2* as DICOM series (``--dicom-export``).
     dicom_export: bool = False
+    #: BIDS derivatives folder with R2 (or T2) maps for χ-separation (``--r2-dir``).
+    r2_dir: str | None = None
 
 
 @dataclass
@@ -303,6 +311,16 @@ def _check_stage_params(stages, source):
                 f"{name} method {stage.method!r} has no parameter(s) {unknown}; it takes "
                 f"{sorted(module.method_parameters(stage.method))}", path=source,
             )
+    sep = stages["chi_separation"]
+    if sep.method == "chisep":
+        from qsmprep.qsm import chisep
+
+        unknown = sorted(set(sep.params) - set(chisep.parameters()))
+        if unknown:
+            raise InputError(f"chi_separation method 'chisep' has no parameter(s) {unknown}; it takes "
+                             f"{sorted(chisep.parameters())}", path=source)
+    elif sep.params:
+        raise InputError(f"chi_separation 'none' takes no parameters, got {sorted(sep.params)}", path=source)
     rule = stages["inversion"].params.get("lambda_rule", "fixed")
     if rule not in inversion.LAMBDA_RULES:
         raise InputError(f"inversion lambda_rule {rule!r} is not one of {list(inversion.LAMBDA_RULES)}",

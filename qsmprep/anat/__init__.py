@@ -9,11 +9,11 @@ antspyx is imported when a function first needs it, not by ``import qsmprep.anat
 - :mod:`~qsmprep.anat.transforms`: ITK affine files (:func:`read_affine`, :func:`write_affine`,
   :func:`invert_affine_file`), :func:`rigid_error`, :func:`resample_to`;
 - :mod:`~qsmprep.anat.brain`: :func:`brain_mask_threshold`, :func:`brain_extract_t1w`;
-- :mod:`~qsmprep.anat.coreg`: :func:`coregister_gre_to_t1w`, :func:`write_dilated_mask`.
+- :mod:`~qsmprep.anat.coreg`: :func:`coregister_gre_to_t1w`, :func:`align_to_gre`, :func:`write_dilated_mask`.
 """
 
 from qsmprep.anat.brain import brain_extract_t1w, brain_mask_threshold
-from qsmprep.anat.coreg import coregister_gre_to_t1w, write_dilated_mask
+from qsmprep.anat.coreg import align_to_gre, coregister_gre_to_t1w, write_dilated_mask
 from qsmprep.anat.registration import (
     INITIALIZATIONS, INTERPOLATIONS, LINEAR_PRESETS, STAGES, SYN_PRESETS, apply_transforms, linear_schedule, register,
     set_threads,
@@ -22,6 +22,7 @@ from qsmprep.anat.transforms import invert_affine_file, read_affine, resample_to
 
 __all__ = [
     "INITIALIZATIONS", "INTERPOLATIONS", "LINEAR_PRESETS", "STAGES", "SYN_PRESETS", "linear_schedule",
-    "apply_transforms", "brain_extract_t1w", "brain_mask_threshold", "coregister_gre_to_t1w", "invert_affine_file",
+    "align_to_gre", "apply_transforms", "brain_extract_t1w", "brain_mask_threshold", "coregister_gre_to_t1w",
+    "invert_affine_file",
     "read_affine", "register", "resample_to", "rigid_error", "set_threads", "write_affine", "write_dilated_mask",
 ]

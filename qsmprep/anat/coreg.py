@@ -70,3 +70,30 @@ def coregister_gre_to_t1w(fixed, moving, out_dir, *, fixed_mask=None, moving_mas
     shutil.copyfile(reg["forward"][0], xfm)
     inv = invert_affine_file(xfm, os.path.join(out_dir, "from-T1w_to-GRE_mode-image_xfm.mat"))
     return {"xfm": xfm, "inv_xfm": inv, "warped": reg["warped"]}
+
+
+def align_to_gre(moving, gre_reference, out_dir, *, name="aligned", num_threads=1, random_seed=42):
+    """Bring a map of another acquisition of the session (an R2 map) into the GRE grid.
+
+    On the GRE grid already (same shape, affine within 1e-3 mm): used as it is.  Otherwise
+    registered rigidly to the GRE echo-averaged magnitude (``gre_reference``) with
+    :func:`qsmprep.anat.registration.register` (Mattes mutual information, which copes
+    with the maps' different contrast; started from the scanner coordinates, which agree
+    for scans of one session) and resampled linearly.
+
+    Returns ``(path in the GRE grid, info)``; info's ``Registration`` says which was done.
+    """
+    from qsmprep.anat.registration import apply_transforms
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img, ref = nib.load(moving), nib.load(gre_reference)
+    if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-3):
+        return os.fspath(moving), {"Registration": "none: the map is in the GRE grid"}
+    res = register(gre_reference, moving, os.fspath(out_dir / f"{name}_"), stages=("rigid",),
+                   initialize="origin", random_seed=random_seed, num_threads=num_threads)
+    out = apply_transforms(moving, gre_reference, res["forward"], out_dir / f"{name}.nii.gz",
+                           interpolation="linear", num_threads=num_threads)
+    return os.fspath(out), {"Registration": "rigid to the GRE echo-averaged magnitude (antsRegistration, "
+                                            "Mattes mutual information, from scanner coordinates); linear "
+                                            "interpolation"}

@@ -152,6 +152,12 @@ def get_parser():
                              "(sub-<L>[_ses-<S>][_acq-<A>][_run-<R>]_desc-brain_mask.nii[.gz]); used "
                              "instead of computed masks where found")
 
+    g_sep = parser.add_argument_group("Chi-separation")
+    g_sep.add_argument("--r2-dir", type=_existing_dir, metavar="DIR",
+                       help="BIDS derivatives folder with an R2 map per session (sub-<L>[_ses-<S>][_acq-<A>]"
+                            "[_run-<R>]_R2map.nii[.gz], 1/s, or _T2map in s, e.g. from a multi-echo spin echo) "
+                            "for chi_separation 'chisep' (R2' = R2* - R2); registered to the GRE. Without it "
+                            "chisep uses the GRE-only approximation")
     _add_verbosity(parser)
     return parser
 
@@ -170,6 +176,9 @@ def get_demo_parser():
     parser.add_argument("--subjects", type=_positive_int, default=2, help="number of phantom participants")
     parser.add_argument("--nprocs", type=_positive_int, default=2, help="processes to run in parallel")
     parser.add_argument("--config", type=_existing_file, metavar="PRESET", help="workflow preset (JSON/TOML)")
+    parser.add_argument("--r2-map", action="store_true",
+                        help="with chi_separation 'chisep' in the preset: use the phantom's R2 maps "
+                             "(OUT_DIR/truth/r2, as --r2-dir) instead of the GRE-only approximation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo in OUT_DIR (its bids, truth, work and derivatives)")
     _add_verbosity(parser)
     return parser

@@ -108,6 +108,10 @@ def build_config(opts):
         config.update_workflow({"workflow": {"phase_units": opts.phase_units}}, source="--phase-units")
     ex.mask = str(Path(opts.mask).absolute()) if getattr(opts, "mask", None) else None
     ex.derivatives = str(Path(opts.derivatives).absolute()) if getattr(opts, "derivatives", None) else None
+    ex.r2_dir = str(Path(opts.r2_dir).absolute()) if getattr(opts, "r2_dir", None) else None
+    if ex.r2_dir and config.workflow.stages["chi_separation"].method == "none":
+        raise InputError("--r2-dir is for chi-separation: also set {\"workflow\": {\"chi_separation\": "
+                         "\"chisep\"}} in the --config preset")
     return config
 
 

@@ -29,20 +29,24 @@ Ground-truth conventions (``Phantom``):
 * ``chi``: inside the brain mask the voxel mean of brain tissue χ only (bone partial
   volume at the brain's edge is background), elsewhere the voxel mean of all tissue;
 * ``brain_mask``: CSF inside the skull (subarachnoid and ventricles), GM, WM, the deep
-  grey nuclei, the vein and the calcification (labels in :data:`BRAIN_LABELS`).
+  grey nuclei, the vein, the calcification, a haemorrhage and two white-matter lesions
+  (labels in :data:`BRAIN_LABELS`);
+* ``chi_para``, ``chi_dia``, ``r2``: the χ-separation truth, each tissue's paramagnetic and
+  diamagnetic sources (:data:`~qsmprep.demo.anatomy.CHISEP_SOURCES`, summing to χ) and its
+  R2, with R2* = R2 + D_r (χ⁺ − χ⁻) (D_r 137 Hz/ppm at 3 T).
 
 Only isotropic voxels are generated: qsm-forward's dipole kernel assumes them.
 """
 
 from qsmprep.demo.anatomy import (
-    B0, BRAIN_LABELS, DEEP_GREY_LABELS, DEMO_LABELS, FLIP, SIZES, SKULL_AND_AIR_LABELS, TR, Phantom, grid_affine,
-    label_name,
+    B0, BRAIN_LABELS, CHISEP_SOURCES, DEEP_GREY_LABELS, DEMO_DR, DEMO_LABELS, FLIP, LESION_LABELS, SIZES,
+    QSMCI_LABELS, SKULL_AND_AIR_LABELS, TR, Phantom, grid_affine, label_name, qsmci_segmentation,
 )
 from qsmprep.demo.dataset import write_demo_dataset
-from qsmprep.demo.physics import dipole_field, make_phantom, render_t1w, simulate_gre, t1w_labels
+from qsmprep.demo.physics import dipole_field, make_phantom, render_r2, render_t1w, simulate_gre, t1w_labels
 
 __all__ = [
-    "B0", "BRAIN_LABELS", "DEEP_GREY_LABELS", "DEMO_LABELS", "FLIP", "SIZES", "SKULL_AND_AIR_LABELS", "TR", "Phantom",
-    "dipole_field", "grid_affine", "label_name", "make_phantom", "render_t1w", "simulate_gre", "t1w_labels",
+    "B0", "BRAIN_LABELS", "CHISEP_SOURCES", "DEEP_GREY_LABELS", "DEMO_DR", "DEMO_LABELS", "LESION_LABELS", "QSMCI_LABELS", "FLIP", "SIZES", "SKULL_AND_AIR_LABELS", "TR", "Phantom",
+    "dipole_field", "grid_affine", "label_name", "make_phantom", "qsmci_segmentation", "render_r2", "render_t1w", "simulate_gre", "t1w_labels",
     "write_demo_dataset",
 ]

@@ -30,10 +30,64 @@ DEMO_LABELS = {
     20: ("red nucleus", "R", 0.12, 32.0),
     21: ("substantia nigra", "L", 0.14, 42.0),
     22: ("substantia nigra", "R", 0.14, 42.0),
-    30: ("vein", "", 0.35, 40.0),
+    30: ("vein", "", 0.35, 60.0),
     31: ("calcification", "", -0.3, 200.0),
+    32: ("haemorrhage", "", 0.4, 73.0),
+    33: ("lesion iron gain", "", 0.035, 21.6),
+    34: ("lesion demyelinated", "", 0.005, 13.4),
 }
+#: label -> (χ⁺, χ⁻) ppm, the paramagnetic and diamagnetic sources of each brain tissue
+#: (χ⁺ + χ⁻ = the label's χ): iron-rich deep grey nuclei, myelinated (diamagnetic) white
+#: matter, a diamagnetic calcification, a paramagnetic haemorrhage and venous blood, and two
+#: white-matter lesions: one demyelinated with iron gain, one demyelinated without.  R2* is
+#: ``R2 + D_r (χ⁺ − χ⁻)`` with D_r = 137 Hz/ppm at 3 T (Shin et al. 2021), so each brain
+#: label's R2 is ``R2* − D_r (χ⁺ − χ⁻)`` (:func:`r2_of`): 10-15 1/s in tissue (Stanisz et al.
+#: 2005's 3 T range), 4 in CSF, 159 in the calcification.  Outside the brain χ⁺ and χ⁻ are
+#: the positive and negative parts of χ and R2 = R2* (not modelled).
+CHISEP_SOURCES = {
+    4: (0.0, 0.0), 7: (0.0, 0.0), 8: (0.0, 0.0),
+    5: (0.035, -0.015), 6: (0.015, -0.045),
+    11: (0.085, -0.015), 12: (0.085, -0.015), 13: (0.085, -0.025), 14: (0.085, -0.025),
+    15: (0.18, -0.01), 16: (0.18, -0.01), 17: (0.05, -0.02), 18: (0.05, -0.02),
+    19: (0.135, -0.015), 20: (0.135, -0.015), 21: (0.17, -0.03), 22: (0.17, -0.03),
+    30: (0.35, 0.0), 31: (0.0, -0.3), 32: (0.4, 0.0), 33: (0.06, -0.025), 34: (0.015, -0.01),
+}
+#: The relaxometric constant (Hz/ppm) of the demo's R2* at its 3 T (Shin et al. 2021).
+DEMO_DR = 137.0
+#: demo label -> QSM-CI's segmentation label (``qsm_ci.qsm_eval``: deep grey 1-7, WM 8, GM 9,
+#: CSF 10, veins 11, skull 13, air 14, other tissue 15, calcification 16, haemorrhage 17);
+#: the two white-matter lesions count as white matter.
+QSMCI_LABELS = {11: 1, 12: 1, 13: 3, 14: 3, 15: 2, 16: 2, 17: 7, 18: 7, 19: 4, 20: 4, 21: 6, 22: 6,
+                6: 8, 5: 9, 4: 10, 7: 10, 8: 10, 30: 11, 31: 16, 2: 13, 0: 14, 3: 14, 1: 15, 32: 17, 33: 8, 34: 8}
+
+
+def qsmci_segmentation(labels):
+    """QSM-CI's segmentation (int32) of a demo label image (:data:`QSMCI_LABELS`)."""
+    lut = np.zeros(max(DEMO_LABELS) + 1, np.int32)
+    lut[list(QSMCI_LABELS)] = list(QSMCI_LABELS.values())
+    return lut[np.asarray(labels, dtype=np.int64)]
 DEEP_GREY_LABELS = list(range(11, 23))
+#: the χ-separation structures: haemorrhage, lesion with iron gain, demyelinated lesion
+LESION_LABELS = (32, 33, 34)
+
+
+def chi_sources(label, factor=1.0):
+    """(χ⁺, χ⁻) of a demo label (ppm), scaled by a subject's deep-grey ``factor``."""
+    if label in CHISEP_SOURCES:
+        pos, neg = CHISEP_SOURCES[label]
+    else:
+        chi = DEMO_LABELS[label][2]
+        pos, neg = max(chi, 0.0), min(chi, 0.0)
+    return pos * factor, neg * factor
+
+
+def r2_of(label, factor=1.0):
+    """R2 (1/s) of a demo label: ``R2* − D_r (χ⁺ − χ⁻)`` in the brain, R2* elsewhere."""
+    r2star = DEMO_LABELS[label][3]
+    if label not in CHISEP_SOURCES:
+        return r2star
+    pos, neg = chi_sources(label, factor)
+    return r2star - DEMO_DR * (pos - neg)
 
 
 def label_name(label):
@@ -42,11 +96,13 @@ def label_name(label):
     return f"{name} {hemi}".strip()
 
 
-BRAIN_LABELS = (4, 5, 6, 7, 8, *DEEP_GREY_LABELS, 30, 31)
+BRAIN_LABELS = (4, 5, 6, 7, 8, *DEEP_GREY_LABELS, 30, 31, *LESION_LABELS)
 SKULL_AND_AIR_LABELS = (0, 2, 3)
 #: proton density (GRE M0) and T1w intensity per label
-_M0 = {0: 0.0, 1: 0.9, 2: 0.05, 3: 0.0, 4: 1.0, 5: 0.8, 6: 0.7, 7: 1.0, 8: 1.0, 30: 0.5, 31: 0.2}
-_T1W = {0: 0.0, 1: 0.8, 2: 0.05, 3: 0.0, 4: 0.15, 5: 0.6, 6: 0.9, 7: 0.15, 8: 0.15, 30: 0.4, 31: 0.1}
+_M0 = {0: 0.0, 1: 0.9, 2: 0.05, 3: 0.0, 4: 1.0, 5: 0.8, 6: 0.7, 7: 1.0, 8: 1.0, 30: 0.5, 31: 0.2, 32: 0.5, 33: 0.75,
+       34: 0.75}
+_T1W = {0: 0.0, 1: 0.8, 2: 0.05, 3: 0.0, 4: 0.15, 5: 0.6, 6: 0.9, 7: 0.15, 8: 0.15, 30: 0.4, 31: 0.1, 32: 0.6, 33: 0.7,
+        34: 0.7}
 for _lab in DEEP_GREY_LABELS:
     _M0[_lab] = 0.72 if _lab < 19 else 0.66
     _T1W[_lab] = 0.7
@@ -83,6 +139,8 @@ _PAIRED = [
 ]
 _VEIN = ((0.0, 48.0), (-65.0, 35.0), 2.5)   # (x, z) of the axis, y range, radius: along y
 _CALC = ((22.0, 28.0, 32.0), 3.0)
+#: (label, centre, radius mm) of the haemorrhage and the two lesions, all in white matter
+_SPHERES = [(32, (28.0, -45.0, 25.0), 3.0), (33, (-28.0, -40.0, 28.0), 4.0), (34, (-26.0, 30.0, 30.0), 4.0)]
 
 
 @dataclass
@@ -114,6 +172,11 @@ class Phantom:
     lut : dict
         ``label -> (name, hemisphere, χ ppm, R2* 1/s)`` of this subject (deep-grey χ
         scaled by the subject's factor).
+    chi_para, chi_dia : ndarray of float32
+        The paramagnetic (≥ 0) and diamagnetic (≤ 0) sources (ppm), ``chi_para + chi_dia
+        = chi`` in the brain (:data:`CHISEP_SOURCES`).
+    r2 : ndarray of float32
+        R2 (1/s): ``r2star − DEMO_DR (chi_para − chi_dia)`` in the brain.
     fine : dict
         Fine-grid maps used by :func:`simulate_gre` (``ss`` sub-voxels per axis).
     """
@@ -132,6 +195,9 @@ class Phantom:
     b0_dir: np.ndarray
     tes: np.ndarray
     lut: dict = field(default_factory=dict)
+    chi_para: np.ndarray = None
+    chi_dia: np.ndarray = None
+    r2: np.ndarray = None
     #: fine-grid maps used by :func:`simulate_gre` (sub-voxel factor ``ss``)
     fine: dict = field(default_factory=dict, repr=False)
 
@@ -206,6 +272,8 @@ def _labels_at(x, y, z):
     lab[((x - vx) ** 2 + (z - vz) ** 2 <= radius**2) & (y >= y0) & (y <= y1)] = 30
     centre, radius = _CALC
     lab[_ellipsoid(x, y, z, centre, (radius,) * 3) <= 1] = 31
+    for label, centre, radius in _SPHERES:
+        lab[_ellipsoid(x, y, z, centre, (radius,) * 3) <= 1] = label
     return lab
 
 

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from qsmprep.demo.anatomy import DEMO_LABELS, TR, FLIP
-from qsmprep.demo.physics import make_phantom, simulate_gre, render_t1w, t1w_labels
+from qsmprep.demo.physics import make_phantom, render_r2, render_t1w, simulate_gre, t1w_labels
 
 LOGGER = logging.getLogger("nipype.workflow")
 
@@ -32,8 +32,12 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
     ``round((φ + π) / 2π · 4096) mod 4096``, Siemens-style) with JSON sidecars, and
     ``anat/sub-0N_T1w``.  Truth (outside the BIDS tree, GRE grid): ``truth/sub-0N/sub-0N_``
     ``Chimap``, ``dseg`` (+ ``.tsv`` with this subject's χ), ``desc-brain_mask``,
-    ``desc-{total,local,background}field_fieldmap`` (ppm) and ``R2starmap`` (1/s), and the
-    nominal look-up table ``truth/dseg.tsv``.
+    ``desc-{total,local,background}field_fieldmap`` (ppm), ``R2starmap`` and ``R2map`` (1/s),
+    the χ-separation sources ``desc-{paramagnetic,diamagnetic}_Chimap`` (ppm), and the
+    nominal look-up table ``truth/dseg.tsv``.  Two BIDS derivatives datasets beside them:
+    ``truth/segmentation`` (the labels in T1w space, ``--segmentation-dir``) and ``truth/r2``
+    (an R2 map per subject on the T1w grid, as a spin-echo scan of the session would give:
+    ``--r2-dir`` for χ-separation).
 
     Parameters
     ----------
@@ -57,7 +61,9 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         ``bids_dir``, ``truth_dir`` and ``subjects``: ``{"01": {"Chimap": path, ...}, ...}``
         (keys ``Chimap``, ``dseg``, ``dseg_tsv``, ``desc-brain_mask``,
         ``desc-totalfield_fieldmap``, ``desc-localfield_fieldmap``,
-        ``desc-backgroundfield_fieldmap``, ``R2starmap``).
+        ``desc-backgroundfield_fieldmap``, ``R2starmap``, ``R2map``,
+        ``desc-paramagnetic_Chimap``, ``desc-diamagnetic_Chimap``, ``segmentation``, ``r2``),
+        ``segmentation_dir`` and ``r2_dir``.
     """
     out_dir = Path(out_dir)
     bids, truth = out_dir / "bids", out_dir / "truth"
@@ -114,7 +120,9 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         for name, data in (("Chimap", ph.chi), ("dseg", ph.labels), ("desc-brain_mask", ph.brain_mask),
                            ("desc-totalfield_fieldmap", ph.total_field),
                            ("desc-localfield_fieldmap", ph.local_field),
-                           ("desc-backgroundfield_fieldmap", ph.background_field), ("R2starmap", ph.r2star)):
+                           ("desc-backgroundfield_fieldmap", ph.background_field), ("R2starmap", ph.r2star),
+                           ("R2map", ph.r2), ("desc-paramagnetic_Chimap", ph.chi_para),
+                           ("desc-diamagnetic_Chimap", ph.chi_dia)):
             arr = data.astype(np.uint8) if data.dtype == bool else data
             path = tdir / f"sub-{sub}_{name}.nii.gz"
             nib.Nifti1Image(arr, ph.affine).to_filename(path)
@@ -130,6 +138,15 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         nib.Nifti1Image(seg.astype(np.int16), t1w.affine).to_filename(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
         _write_lut(seg_dir / f"sub-{sub}_desc-phantom_dseg.tsv", ph.lut)
         files["segmentation"] = str(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
+        r2_dir = truth / "r2" / f"sub-{sub}" / "anat"
+        r2_dir.mkdir(parents=True, exist_ok=True)
+        r2_path = r2_dir / f"sub-{sub}_R2map.nii.gz"
+        nib.Nifti1Image(render_r2(size, sub_seed, t1w.affine, t1w.shape).astype(np.float32),
+                        t1w.affine).to_filename(r2_path)
+        _write_json(r2_dir / f"sub-{sub}_R2map.json", {
+            "Units": "1/s", "Description": "R2 of the phantom's tissues (R2* - D_r (chi_para - chi_dia), D_r "
+            "137 Hz/ppm) on the T1w grid, as a spin-echo scan of the session would measure it"})
+        files["r2"] = str(r2_path)
         result["subjects"][sub] = files
         LOGGER.info("demo: wrote sub-%s (%s, %d echoes)", sub, size, len(ph.tes))
     _write_lut(truth / "dseg.tsv", DEMO_LABELS)
@@ -137,6 +154,10 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         "Name": "qsmprep demo: phantom segmentation (T1w space)", "BIDSVersion": "1.9.0",
         "DatasetType": "derivative", "GeneratedBy": [{"Name": "qsmprep demo"}]})
     result["segmentation_dir"] = str(truth / "segmentation")
+    _write_json(truth / "r2" / "dataset_description.json", {
+        "Name": "qsmprep demo: phantom R2 maps (T1w grid)", "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative", "GeneratedBy": [{"Name": "qsmprep demo"}]})
+    result["r2_dir"] = str(truth / "r2")
     return result
 
 

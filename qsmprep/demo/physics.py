@@ -8,6 +8,7 @@ import numpy as np
 
 from qsmprep.demo.anatomy import (
     B0, BRAIN_LABELS, DEMO_LABELS, Phantom, SIZES, TR, FLIP, _FIELD_EXTENSION_MM, _M0, _T1W, _head_coords, _labels_at, _lut_array, _rotation, _subject_variation, grid_affine,
+    chi_sources, r2_of,
 )
 
 
@@ -100,6 +101,9 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
     chi_lut = _lut_array({lab: v[2] * factors.get(lab, 1.0) for lab, v in DEMO_LABELS.items()})
     r2_lut = _lut_array({lab: v[3] for lab, v in DEMO_LABELS.items()})
     m0_lut = _lut_array(_M0)
+    para_lut = _lut_array({lab: chi_sources(lab, factors.get(lab, 1.0))[0] for lab in DEMO_LABELS})
+    dia_lut = _lut_array({lab: chi_sources(lab, factors.get(lab, 1.0))[1] for lab in DEMO_LABELS})
+    r2se_lut = _lut_array({lab: r2_of(lab, factors.get(lab, 1.0)) for lab in DEMO_LABELS})
 
     # render on the fine grid extended below the FOV (k axis), where the head continues
     ext = int(np.ceil(_FIELD_EXTENSION_MM / fvs))
@@ -125,6 +129,14 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
     brain_frac = _block_mean(brain_fine.astype(np.float32), ss)
     chi_brain = _block_mean(chi_fine * brain_fine, ss) / np.maximum(brain_frac, 1e-6)
     chi = np.where(brain, chi_brain, _block_mean(chi_fine, ss))
+
+    def brain_mean(lut):  # the χ-separation truth as χ: brain tissue only inside the brain
+        vals = lut[labels_fine]
+        inside = _block_mean(vals * brain_fine, ss) / np.maximum(brain_frac, 1e-6)
+        return np.where(brain, inside, _block_mean(vals, ss)).astype(np.float32)
+
+    chi_para, chi_dia = brain_mean(para_lut), brain_mean(dia_lut)
+    r2 = _block_mean(r2se_lut[labels_fine], ss).astype(np.float32)
     total = _block_mean(total_fine, ss)
     local_raw = _block_mean(local_fine, ss)
     local = local_raw - local_raw[brain].mean()
@@ -136,6 +148,7 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
         r2star=_block_mean(r2_fine, ss).astype(np.float32), total_field=total.astype(np.float32),
         local_field=local.astype(np.float32), background_field=background.astype(np.float32), affine=affine,
         voxel_size=(vs, vs, vs), b0=B0, b0_dir=b0_dir, tes=np.asarray(tes, dtype=np.float64), lut=lut,
+        chi_para=chi_para, chi_dia=chi_dia, r2=r2,
     )
     phantom.fine = {"ss": ss, "m0": m0_fine, "r2star": r2_fine, "total_field": total_fine, "chi": chi_fine,
                     "brain": brain_fine}
@@ -238,3 +251,11 @@ def t1w_labels(size, seed, affine, shape, motion=None):
         m_rot = _rotation(*motion[:3])
         rot, shift = m_rot @ rot, m_rot @ shift + np.asarray(motion[3:], dtype=float)
     return _labels_at(*_head_coords(affine, shape, (rot, shift)))
+
+
+def render_r2(size, seed, affine, shape):
+    """R2 map (1/s) of demo subject ``seed`` on a grid (``affine``, ``shape``): the R2 a spin-echo
+    acquisition of the session would measure (:func:`qsmprep.demo.anatomy.r2_of` per label)."""
+    _, factors = _subject_variation(seed)
+    lut = _lut_array({lab: r2_of(lab, factors.get(lab, 1.0)) for lab in DEMO_LABELS})
+    return lut[t1w_labels(size, seed, affine, shape)]

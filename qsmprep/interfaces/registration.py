@@ -15,7 +15,8 @@ from nipype.interfaces.base import (
 )
 
 from qsmprep.anat import (
-    INTERPOLATIONS, LINEAR_PRESETS, SYN_PRESETS, apply_transforms, brain_extract_t1w, coregister_gre_to_t1w,
+    INTERPOLATIONS, LINEAR_PRESETS, SYN_PRESETS, align_to_gre, apply_transforms, brain_extract_t1w,
+    coregister_gre_to_t1w,
     linear_schedule, register,
 )
 
@@ -186,4 +187,29 @@ class ApplyTransforms(SimpleInterface):
         apply_transforms(inp.in_file, inp.reference, list(zip(transforms, invert)), out,
                          interpolation=inp.interpolation, dtype=inp.dtype, num_threads=inp.num_threads)
         self._results["out_file"] = out
+        return runtime
+
+
+class _AlignToGREInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="map of another acquisition (an R2 map)")
+    reference = File(exists=True, mandatory=True, desc="GRE echo-averaged magnitude")
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _AlignToGREOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the map in the GRE grid")
+    source = traits.Str(desc="the input file and the registration done, for the sidecar")
+
+
+class AlignToGRE(SimpleInterface):
+    """A map of another scan into the GRE grid (:func:`qsmprep.anat.align_to_gre`)."""
+
+    input_spec = _AlignToGREInputSpec
+    output_spec = _AlignToGREOutputSpec
+
+    def _run_interface(self, runtime):
+        out, info = align_to_gre(self.inputs.in_file, self.inputs.reference, runtime.cwd,
+                                 num_threads=self.inputs.num_threads)
+        self._results["out_file"] = out
+        self._results["source"] = f"{self.inputs.in_file}; {info['Registration']}"
         return runtime

@@ -20,6 +20,8 @@ class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     lut = File(exists=True, desc="look-up table (dseg.tsv, FreeSurfer LUT or JSON)")
     chi = File(exists=True, mandatory=True, desc="χ map (ppm)")
     r2star = File(exists=True, desc="R2* map (1/s)")
+    chi_para = File(exists=True, desc="χ-separation's paramagnetic χ⁺ (ppm)")
+    chi_dia = File(exists=True, desc="χ-separation's diamagnetic χ⁻ (ppm)")
     mask = File(exists=True, desc="QSM mask: label voxels outside it are excluded and counted")
     erode_voxels = traits.Int(0, usedefault=True, desc="erode each label by this many voxels first")
     atlas = traits.Str("labels", usedefault=True, desc="name of the label source, for the sidecar")
@@ -47,9 +49,13 @@ class ROIStats(SimpleInterface):
             raise ValueError(f"labels {labels.shape} and chi {chi.shape} are not in the same grid")
         maps = {"chi": chi}
         units = {"chi": "ppm"}
-        if isdefined(inp.r2star):
-            maps["r2star"] = load(inp.r2star)[0]
-            units["r2star"] = "1/s"
+        described = {"chi": "Chimap (ppm)"}
+        for name, desc, unit in (("r2star", "R2starmap (1/s)", "1/s"),
+                                 ("chi_para", "desc-paramagnetic_Chimap (ppm, chi-separation)", "ppm"),
+                                 ("chi_dia", "desc-diamagnetic_Chimap (ppm, chi-separation)", "ppm")):
+            if isdefined(getattr(inp, name)):
+                maps[name] = load(getattr(inp, name))[0]
+                units[name], described[name] = unit, desc
         mask = load_mask(inp.mask) if isdefined(inp.mask) else None
         lut = read_lut(inp.lut) if isdefined(inp.lut) else None
         rows = roi_statistics(maps, labels, voxel_size=voxel_size_of(chi_img), lut=lut, mask=mask,
@@ -58,7 +64,7 @@ class ROIStats(SimpleInterface):
         write_roistats(rows, out_tsv)
         info = {
             "Atlas": inp.atlas,
-            "Maps": {"chi": "Chimap (ppm)", **({"r2star": "R2starmap (1/s)"} if "r2star" in maps else {})},
+            "Maps": described,
             "ErodeVoxels": int(inp.erode_voxels),
             "MaskExclusion": "label voxels outside the QSM mask or with non-finite values are excluded "
             "and counted in n_excluded",

@@ -258,6 +258,16 @@ def methods_text(config, records, out_dir=None):
            use(f"reference:{ref.method}", _params_text(ref.params))]
     lines.append("**Susceptibility.** " + _sentences(chi) + " Susceptibility is given in ppm (SI, relative).")
     lines.append("")
+    sep = stages.get("chi_separation")
+    if sep is not None and sep.method == "chisep":
+        if getattr(config.execution, "r2_dir", None):
+            source = ("R2' was computed as R2* - R2 with the R2 (or T2) maps given, each registered rigidly to "
+                      "the GRE magnitude (ANTs, mutual information)")
+        else:
+            source = use("chisep:gre-only", r2=_num(sep.params.get("r2", 0)))
+        shown = {k: v for k, v in sep.params.items() if k in ("lambda_", "edge_fraction")}
+        lines.append("**χ-separation.** " + _sentences([use("chi_separation:chisep", _params_text(shown)), source]))
+        lines.append("")
 
     anat = config.anat
     if anat.coreg and any(r.t1w for r in records):

@@ -25,6 +25,7 @@ import numpy as np
 CHI_WINDOW = (-0.15, 0.15)       # ppm
 FIELD_WINDOW = (-0.05, 0.05)     # ppm
 R2STAR_WINDOW = (0.0, 60.0)      # 1/s
+CHISEP_WINDOW = (0.0, 0.15)      # ppm: χ⁺ and |χ⁻|
 VIEWS = ("axial", "coronal", "sagittal")
 #: the axis (of a RAS array) held fixed by each view
 VIEW_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}

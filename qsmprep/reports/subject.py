@@ -67,11 +67,18 @@ def acquisition_figures(out_dir, rec, fig_dir):
          "Local field after background removal, window {lo} to {hi} ppm."),
         ("R2starmap", {}, "R2*", figures.R2STAR_WINDOW, "magma", "R2* (1/s)",
          "R2* in 1/s, window {lo} to {hi} s⁻¹."),
+        ("Chimap", {"desc": "paramagnetic"}, "χ-separation: paramagnetic χ⁺", figures.CHISEP_WINDOW, "hot",
+         "χ⁺ (ppm)", "Paramagnetic sources (iron) in ppm, window {lo} to {hi} ppm; absolute, not referenced."),
+        ("Chimap", {"desc": "diamagnetic"}, "χ-separation: diamagnetic |χ⁻|", figures.CHISEP_WINDOW, "GnBu",
+         "|χ⁻| (ppm)", "Diamagnetic sources (myelin, calcium) shown as |χ⁻| in ppm, window {lo} to {hi} ppm; "
+         "absolute, not referenced."),
     ):
         image = _load(deriv(suffix, **kw))
         if image is None:
             continue
         data, zooms, affine = figures.canonical_with_affine(image)
+        if kw.get("desc") == "diamagnetic":
+            data = np.abs(data)
         png = fig_dir / f"{prefix}_desc-{suffix.lower()}{kw.get('desc', '')}_mosaic.png"
         figures.mosaic(png, data, zooms, vmin=window[0], vmax=window[1], cmap=cmap, title=title,
                        cbar_label=unit, extent_mask=mask if mask is not None else data != 0, affine=affine)

@@ -13,7 +13,9 @@ from nipype.pipeline import engine as pe
 from qsmprep import __version__
 from qsmprep.qsm.kernels import b0_direction
 from qsmprep.workflows.gre import _stage, init_gre_wf
-from qsmprep.workflows.outputs import INFO_FIELDS, OUTPUTS, init_gre_derivatives_wf
+from qsmprep.workflows.outputs import (
+    CHISEP_INFO_FIELDS, CHISEP_OUTPUTS, INFO_FIELDS, OUTPUTS, init_gre_derivatives_wf,
+)
 
 WORKFLOW_NAME = "qsmprep_wf"
 LOGGER = logging.getLogger("nipype.workflow")
@@ -34,12 +36,13 @@ def init_qsmprep_wf(config, records):
     # share the processes between participants that can run at the same time
     omp_nthreads = max(1, int(ex.nprocs) // max(1, min(len(by_subject), int(ex.nprocs))))
     user_masks = find_user_masks(records, mask=getattr(ex, "mask", None), derivatives=getattr(ex, "derivatives", None))
+    r2_maps = find_r2_maps(records, getattr(ex, "r2_dir", None))
     for subject, recs in sorted(by_subject.items()):
         sub_wf = init_single_subject_wf(
             records=recs, bids_dir=ex.bids_dir, output_dir=ex.output_dir, stages=wf_cfg.stages,
             echo_strategy=wf_cfg.echo_strategy, pad_voxels=wf_cfg.pad_voxels,
             omp_nthreads=omp_nthreads, anat=getattr(config, "anat", None),
-            user_masks=user_masks, dicom_export=getattr(ex, "dicom_export", False),
+            user_masks=user_masks, dicom_export=getattr(ex, "dicom_export", False), r2_maps=r2_maps,
             name=f"single_subject_{subject}_wf",
         )
         if ex.run_uuid:
@@ -93,6 +96,36 @@ def find_user_masks(records, *, mask=None, derivatives=None):
     return out
 
 
+def find_r2_maps(records, r2_dir):
+    """``{record prefix: R2 (or T2) map}`` from ``--r2-dir`` for χ-separation.
+
+    Searched under ``sub-<L>[/ses-<S>]/anat/``: ``<prefix>_R2map`` (the GRE's own entities),
+    then ``sub-<L>[_ses-<S>]_R2map``, then the same with ``_T2map``; ``.nii.gz`` or ``.nii``.
+    With ``--r2-dir`` every acquisition must have one: a participant silently processed
+    GRE-only beside others with measured R2 would not be comparable, so a missing map is
+    an error that names the paths looked for.
+    """
+    from qsmprep.bids import derivative_path
+    from qsmprep.errors import InputError
+
+    if not r2_dir:
+        return {}
+    out = {}
+    for rec in records:
+        session_only = {k: v for k, v in rec.entities.items() if k in ("subject", "session")}
+        tried = [derivative_path(r2_dir, ents, suffix, extension=ext)
+                 for suffix in ("R2map", "T2map") for ents in (rec.entities, session_only)
+                 for ext in (".nii.gz", ".nii")]
+        found = next((p for p in tried if p.is_file()), None)
+        if found is None:
+            raise InputError(f"{rec.prefix}: no R2 map in --r2-dir (looked for "
+                             f"{', '.join(sorted({p.name for p in tried}))} under "
+                             f"{tried[0].parent}); give one for every acquisition, or drop --r2-dir for "
+                             "the GRE-only approximation", path=r2_dir)
+        out[rec.prefix] = str(found)
+    return out
+
+
 def _check_mask_grid(path, rec):
     """A user mask must be in the acquisition's grid (shape and affine): checked before processing."""
     import numpy as np
@@ -127,7 +160,7 @@ def _stage_summary(stages):
 
 def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strategy="combined",
                            pad_voxels=16, omp_nthreads=1, anat=None, user_masks=None, dicom_export=False,
-                           name="single_subject_wf"):
+                           r2_maps=None, name="single_subject_wf"):
     """All acquisitions of one participant: a GRE workflow and its derivatives each.
 
     Parameters
@@ -145,11 +178,15 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         ``{prefix: (mask file, source)}`` from :func:`find_user_masks`.
     dicom_export : bool
         Also write χ, R2* and T2* as DICOM series (:class:`qsmprep.interfaces.dicom.DicomExport`).
+    r2_maps : dict, optional
+        ``{prefix: R2 or T2 map}`` from :func:`find_r2_maps` for χ-separation.
 
     Every acquisition also gets its QC metrics (:class:`qsmprep.interfaces.qc.QCMetrics`,
     ``..._desc-qc_metrics.json``), with the registration check when it was registered.
     """
     user_masks = user_masks or {}
+    r2_maps = r2_maps or {}
+    has_chisep = _stage(stages, "chi_separation")[0] == "chisep" if "chi_separation" in stages else False
     workflow = pe.Workflow(name=name)
     anat_resources = _resolve_anat(anat, records)
     for rec in records:
@@ -160,7 +197,7 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         gre_wf = init_gre_wf(
             echo_times=rec.echo_times, b0=rec.b0, stages=stages, echo_strategy=echo_strategy,
             pad_voxels=pad_voxels, shape=rec.shape, omp_nthreads=omp_nthreads, user_mask=user_mask,
-            user_mask_source=user_mask_source, name=f"gre_{label}_wf",
+            user_mask_source=user_mask_source, r2_map=r2_maps.get(rec.prefix), name=f"gre_{label}_wf",
         )
         for part in ("magnitude", "phase", "real", "imag"):
             files = getattr(rec, part)
@@ -183,11 +220,13 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         ds_wf = init_gre_derivatives_wf(
             output_dir=output_dir, entities=rec.entities,
             sources=sources, common_meta=common_meta,
-            has_r2star=rec.n_echoes > 1, name=f"ds_{label}_wf",
+            has_r2star=rec.n_echoes > 1, has_chisep=has_chisep, name=f"ds_{label}_wf",
         )
-        fields = [o[0] for o in OUTPUTS if rec.n_echoes > 1 or o[0] not in ("r2star", "t2star")]
+        fields = [o[0] for o in OUTPUTS + (CHISEP_OUTPUTS if has_chisep else ())
+                  if rec.n_echoes > 1 or o[0] not in ("r2star", "t2star")]
+        fields += list(INFO_FIELDS) + (list(CHISEP_INFO_FIELDS) if has_chisep else [])
         workflow.connect([
-            (gre_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields + list(INFO_FIELDS)
+            (gre_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields
                              if rec.n_echoes > 1 or f != "r2star_info"]),
         ])
         if dicom_export:
@@ -206,7 +245,8 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             if rec.t1w:
                 coreg = init_anat_wiring(workflow, gre_wf, rec, anat=anat, resources=anat_resources, output_dir=output_dir,
                                  sources=sources,
-                                 common_meta=common_meta, omp_nthreads=omp_nthreads, label=label)
+                                 common_meta=common_meta, omp_nthreads=omp_nthreads, label=label,
+                                 has_chisep=has_chisep)
                 workflow.connect([(coreg, qc_node, [("outputnode.t1w_preproc", "t1w"),
                                                     ("outputnode.gre_in_t1w", "gre_in_t1w"),
                                                     ("outputnode.t1w_mask", "t1w_mask")])])
@@ -260,7 +300,7 @@ def _resolve_anat(anat, records):
 
 
 def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sources, common_meta, omp_nthreads,
-                     label):
+                     label, has_chisep=False):
     """Connect GRE → T1w coregistration, the optional template registration and the ROI tables.
 
     Returns the coregistration workflow (its outputs feed the QC registration check).
@@ -302,11 +342,12 @@ def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sour
         roi_sources.append((_entity(seg[0].split("/")[-1], "desc") or "segmentation", "segmentation", *seg))
     for spec, source, labels, lut in roi_sources:
         roi = init_roi_wf(atlas=spec, source=source, erode_voxels=anat.roi_erode, lateralize=source == "atlas",
-                          has_r2star=has_r2, omp_nthreads=omp_nthreads,
+                          has_r2star=has_r2, has_chisep=has_chisep, omp_nthreads=omp_nthreads,
                           name=f"roi_{atlas_label(spec)}_{label}_wf", **derivs)
         roi.inputs.inputnode.labels, roi.inputs.inputnode.lut = labels, lut
         fields = [("chi", "chi"), ("local_mask", "mask"), ("chi_info", "chi_info")]
         fields += [("r2star", "r2star")] if has_r2 else []
+        fields += [("chi_para", "chi_para"), ("chi_dia", "chi_dia")] if has_chisep else []
         workflow.connect([
             (gre_wf, roi, [(f"outputnode.{a}", f"inputnode.{b}") for a, b in fields]),
             (coreg, roi, [("outputnode.xfm_t1w2gre", "inputnode.xfm_t1w2gre")]),

@@ -19,7 +19,7 @@ GRE_OUTPUTS = [
     "chi", "chi_info", "r2star", "t2star", "r2star_info", "mask", "mask_filled", "mask_info",
     "average", "brain", "total_field", "field_noise", "field_info", "local_field", "local_mask",
     "local_info", "unwrap_info", "phase_units", "phase_info", "b0_dir", "magnitude4d", "unwrapped",
-    "field_offset",
+    "field_offset", "chi_para", "chi_dia", "r2prime", "chisep_info",
 ]
 
 
@@ -36,7 +36,8 @@ def _stage(stages, name):
 
 
 def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=16,
-                shape=(1, 1, 1), omp_nthreads=1, user_mask=None, user_mask_source=None, name="gre_wf"):
+                shape=(1, 1, 1), omp_nthreads=1, user_mask=None, user_mask_source=None, r2_map=None,
+                name="gre_wf"):
     """Build the QSM/R2* workflow of one GRE acquisition.
 
     Parameters
@@ -60,6 +61,10 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     user_mask, user_mask_source : str, optional
         A brain mask in the GRE grid replacing the computed one, and where it came from
         (``--mask`` or ``--derivatives``), for the sidecars.
+    r2_map : str, optional
+        An R2 map (1/s) of the session for χ-separation's R2′ = R2* − R2 (``--r2-dir``),
+        brought into the GRE grid by :class:`~qsmprep.interfaces.registration.AlignToGRE`;
+        without one χ-separation uses the GRE-only approximation.
 
     Inputs
     ------
@@ -69,9 +74,10 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     Outputs
     -------
     chi, r2star, t2star, mask, mask_filled, average, brain, total_field, field_noise,
-    local_field, local_mask, magnitude4d, unwrapped, field_offset
-        Files; ``*_info`` are sidecar dictionaries of the stage that made them
-        (``phase_info``: the phase units used and the raw range, for every sidecar).
+    local_field, local_mask, magnitude4d, unwrapped, field_offset, chi_para, chi_dia, r2prime
+        Files (the last three with the ``chisep`` χ-separation); ``*_info`` are sidecar
+        dictionaries of the stage that made them (``phase_info``: the phase units used and the
+        raw range, for every sidecar).
     """
     workflow = pe.Workflow(name=name)
     n_echoes = len(echo_times)
@@ -186,6 +192,16 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
             (r2star, reference, [("r2star", "r2star")]),
             (r2star, outputnode, [("r2star", "r2star"), ("t2star", "t2star"), ("info", "r2star_info")]),
         ])
+    sep_method, sep_params = _stage(stages, "chi_separation") if "chi_separation" in stages else ("none", {})
+    if sep_method == "chisep":
+        if echo_strategy == "per-echo":
+            raise InputError("chi_separation 'chisep' inverts the echo-combined local field; it does not run "
+                             "with echo_strategy 'per-echo' (use 'combined')")
+        _connect_chisep(workflow, sep_params, b0=b0, pad_voxels=pad_voxels,
+                        omp_nthreads=omp_nthreads, mem_gb=2 * mem_inv, r2_map=r2_map,
+                        nodes={"load": load, "fit": fit, "average": average, "background": background,
+                               "inversion": inversion, "r2star": r2star if n_echoes > 1 else None,
+                               "outputnode": outputnode})
     if mask_params.get("refine"):
         workflow.connect([(fit, mask, [("noise", "noise")]), (unwrap, mask, [("quality", "quality")])])
 
@@ -202,6 +218,35 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         (merge, outputnode, [("out", "chi_info")]),
     ])
     return workflow
+
+
+def _connect_chisep(workflow, params, *, b0, pad_voxels, omp_nthreads, mem_gb, r2_map, nodes):
+    """χ-separation from the local field, R2* (and an R2 map) and the inversion's χ."""
+    from qsmprep.interfaces.chisep import ChiSeparation
+
+    if nodes["r2star"] is None:
+        raise InputError("chi_separation 'chisep' needs R2* and so at least two echoes; this acquisition has one "
+                         "(set chi_separation to 'none')")
+    kind = "T2map" if r2_map and "_T2map." in str(r2_map) else "R2map"
+    sep = pe.Node(ChiSeparation(params=params, b0=float(b0), pad=pad_voxels, num_threads=omp_nthreads, r2_kind=kind),
+                  name="chi_separation", n_procs=omp_nthreads, mem_gb=mem_gb)
+    workflow.connect([
+        (nodes["background"], sep, [("local_field", "local_field"), ("mask", "mask")]),
+        (nodes["average"], sep, [("average", "magnitude")]),
+        (nodes["fit"], sep, [("noise", "noise")]),
+        (nodes["load"], sep, [("b0_dir", "b0_dir")]),
+        (nodes["inversion"], sep, [("chi", "chi")]),
+        (nodes["r2star"], sep, [("r2star", "r2star")]),
+        (sep, nodes["outputnode"], [("chi_para", "chi_para"), ("chi_dia", "chi_dia"), ("r2prime", "r2prime"),
+                                    ("info", "chisep_info")]),
+    ])
+    if r2_map:
+        from qsmprep.interfaces.registration import AlignToGRE
+
+        align = pe.Node(AlignToGRE(in_file=str(r2_map), num_threads=omp_nthreads), name="r2_to_gre",
+                        n_procs=omp_nthreads)
+        workflow.connect([(nodes["average"], align, [("average", "reference")]),
+                          (align, sep, [("out_file", "r2"), ("source", "r2_source")])])
 
 
 def merge_dicts(first, second, third):

@@ -25,12 +25,24 @@ OUTPUTS = (
      {"SkullStripped": True}),
 )
 
+#: χ-separation's maps (``chi_separation`` method ``chisep``), with the same record.  χ⁺ and χ⁻
+#: are absolute, not referenced (their sidecar's ChiSeparationReference says so).
+CHISEP_OUTPUTS = (
+    # not chi_info: its reference region is χ's, not the sources'
+    ("chi_para", "Chimap", "paramagnetic", "ppm", ("phase_info", "field_info", "unwrap_info", "local_info",
+                                                   "chisep_info"), {"SkullStripped": True}),
+    ("chi_dia", "Chimap", "diamagnetic", "ppm", ("phase_info", "field_info", "unwrap_info", "local_info",
+                                                 "chisep_info"), {"SkullStripped": True}),
+    ("r2prime", "R2primemap", None, "1/s", ("phase_info", "r2star_info", "chisep_info"), {"SkullStripped": True}),
+)
+
 #: Sidecar dictionaries of the stages (``phase_info``: PhaseUnits, PhaseUnitsSource and
 #: PhaseRawRange go into every sidecar: the unit used is never left implicit).
 INFO_FIELDS = ("phase_info", "field_info", "unwrap_info", "local_info", "chi_info", "r2star_info", "mask_info")
+CHISEP_INFO_FIELDS = ("chisep_info",)
 
 
-def init_gre_derivatives_wf(*, output_dir, entities, sources, common_meta, has_r2star=True,
+def init_gre_derivatives_wf(*, output_dir, entities, sources, common_meta, has_r2star=True, has_chisep=False,
                             name="gre_derivatives_wf"):
     """Write the derivatives of one acquisition.
 
@@ -47,6 +59,9 @@ def init_gre_derivatives_wf(*, output_dir, entities, sources, common_meta, has_r
         the qsmprep version and the run's configuration summary).
     has_r2star : bool
         False for single-echo data (no R2*/T2* outputs).
+    has_chisep : bool
+        Also write :data:`CHISEP_OUTPUTS` (inputs ``chi_para``, ``chi_dia``, ``r2prime``,
+        ``chisep_info``).
 
     Inputs
     ------
@@ -61,9 +76,11 @@ def init_gre_derivatives_wf(*, output_dir, entities, sources, common_meta, has_r
         The written derivative paths.
     """
     workflow = pe.Workflow(name=name)
-    files = [o[0] for o in OUTPUTS]
-    inputnode = pe.Node(IdentityInterface(fields=files + list(INFO_FIELDS)), name="inputnode")
-    written = [o for o in OUTPUTS if has_r2star or o[0] not in ("r2star", "t2star")]
+    outputs = OUTPUTS + (CHISEP_OUTPUTS if has_chisep else ())
+    files = [o[0] for o in outputs]
+    infos = list(INFO_FIELDS) + (list(CHISEP_INFO_FIELDS) if has_chisep else [])
+    inputnode = pe.Node(IdentityInterface(fields=files + infos), name="inputnode")
+    written = [o for o in outputs if has_r2star or o[0] not in ("r2star", "t2star")]
     collect = pe.Node(Merge(len(written)), name="collect", run_without_submitting=True)
     outputnode = pe.Node(IdentityInterface(fields=["out_files"]), name="outputnode")
     for i, (field, suffix, desc, units, infos, fixed) in enumerate(written, start=1):

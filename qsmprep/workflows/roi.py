@@ -24,7 +24,8 @@ from qsmprep.interfaces.registration import ApplyTransforms
 from qsmprep.interfaces.roi import LateralizeAtlas, ROIStats
 
 SOURCES = ("atlas", "segmentation", "labels")
-ROI_INPUTS = ["chi", "r2star", "mask", "labels", "lut", "xfm_t1w2gre", "xfm_tpl2t1w", "chi_info"]
+ROI_INPUTS = ["chi", "r2star", "mask", "labels", "lut", "xfm_t1w2gre", "xfm_tpl2t1w", "chi_info", "chi_para",
+              "chi_dia"]
 ROI_OUTPUTS = ["labels_gre", "roistats", "roistats_json", "info"]
 #: FreeSurfer aseg + Desikan-Killiany aparc look-up table shipped with qsmprep
 FREESURFER_LUT = str(Path(__file__).resolve().parent.parent / "data" / "freesurfer_dseg.tsv")
@@ -118,8 +119,8 @@ def _roi_meta(chi_info=None, transforms=None, atlas="", source=""):
     return info
 
 
-def init_roi_wf(*, atlas, source="atlas", erode_voxels=0, lateralize=False, has_r2star=True, omp_nthreads=1,
-                output_dir=None, entities=None, sources=None, common_meta=None, name=None):
+def init_roi_wf(*, atlas, source="atlas", erode_voxels=0, lateralize=False, has_r2star=True, has_chisep=False,
+                omp_nthreads=1, output_dir=None, entities=None, sources=None, common_meta=None, name=None):
     """Bring a label image into GRE space and write its ROI table.
 
     Parameters
@@ -135,6 +136,8 @@ def init_roi_wf(*, atlas, source="atlas", erode_voxels=0, lateralize=False, has_
         Split bilateral labels into left/right at template x = 0 (atlas source only).
     has_r2star : bool
         Also tabulate R2*.
+    has_chisep : bool
+        Also tabulate χ-separation's χ⁺ and χ⁻ (inputs ``chi_para``, ``chi_dia``).
     output_dir, entities, sources, common_meta : optional
         Write ``desc-<atlas>_dseg.nii.gz`` (labels in GRE space), ``desc-<atlas>_roistats.tsv``
         and its JSON sidecar as derivatives.
@@ -196,6 +199,8 @@ def init_roi_wf(*, atlas, source="atlas", erode_voxels=0, lateralize=False, has_
     ])
     if has_r2star:
         workflow.connect([(inputnode, stats, [("r2star", "r2star")])])
+    if has_chisep:
+        workflow.connect([(inputnode, stats, [("chi_para", "chi_para"), ("chi_dia", "chi_dia")])])
 
     if output_dir is not None:
         if entities is None:
