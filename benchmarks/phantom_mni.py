@@ -76,6 +76,19 @@ NUCLEI = [
     ("nigra", (11.0, -17.0, -13.0), (3.5, 7.0, 2.5), False),
     ("dentate", (14.0, -57.0, -33.0), (6.0, 7.5, 5.5), False),
 ]
+#: χ-separation truth: each brain tissue's diamagnetic part χ⁻ (ppm; myelin, calcium), the rest of
+#: its χ (textures and nucleus iron gradients included) being paramagnetic χ⁺ = χ − χ⁻ (clipped
+#: at 0, the excess then diamagnetic).  Chosen for this family independently of the demo's
+#: values (myelinated white matter, lightly myelinated cortex, nuclei with myelinated fibres).
+DIAMAGNETIC = {"caudate": -0.010, "pallidum": -0.015, "putamen": -0.012, "red_nucleus": -0.025, "dentate": -0.020,
+               "nigra": -0.022, "thalamus": -0.028, "wm": -0.055, "gm": -0.012, "csf": 0.0, "blood": 0.0,
+               "calcification": -0.550, "haemorrhage": 0.0}
+#: The relaxometric constant of this family's R2 truth at 3 T (Hz/ppm; Shin et al. 2021).
+DR_3T = 137.0
+#: R2 floor (1/s): where R2* − D_r (χ⁺ − χ⁻) would be lower (the veins: R2* 45 1/s against
+#: D_r χ⁺ = 58 1/s) the R2 truth is set to it, so there R2′ from the R2 map undershoots.
+R2_FLOOR = 1.0
+
 HAEMORRHAGE = ((26.0, 20.0, 28.0), 5.5)     # right corona radiata, radius (mm)
 CALCIFICATION = ((-24.0, -12.0, 28.0), 2.5)  # left periventricular WM
 
@@ -111,6 +124,9 @@ class MniPhantom:
     protocol: Protocol
     voxel_size: tuple
     shim: dict = field(default_factory=dict)
+    chi_para: np.ndarray = None   # χ-separation truth (ppm), output grid, brain only
+    chi_dia: np.ndarray = None
+    r2: np.ndarray = None         # R2 (1/s): R2* − D_r (χ⁺ − χ⁻), floored at R2_FLOOR
 
 
 def _template():
@@ -228,10 +244,19 @@ def _fine_anatomy(resolution, oversample, rng):
         g = rng.normal(size=3)
         ramp = axes[0][sel[0]] * g[0] + axes[1][sel[1]] * g[1] + axes[2][sel[2]] * g[2]  # on the nucleus only
         chi[sel] *= 1.0 + 0.15 * (ramp - ramp.mean()) / max(float(np.abs(ramp - ramp.mean()).max()), 1e-9)
+    # χ-separation truth (the MR signal does not change: R2 = R2* − D_r (χ⁺ − χ⁻) absorbs it)
+    dia_lut = np.zeros(max(by_label) + 1, np.float32)
+    for name, d in DIAMAGNETIC.items():
+        dia_lut[TISSUES[name][0]] = d
+    in_model = np.isin(lab, [TISSUES[n][0] for n in DIAMAGNETIC])
+    para = np.where(in_model, np.maximum(chi - dia_lut[lab], 0), np.maximum(chi, 0)).astype(np.float32)
+    dia = (chi - para).astype(np.float32)
+    r2 = np.where(in_model, np.maximum(r2s - DR_3T * (para - dia), R2_FLOOR), r2s).astype(np.float32)
     # the scored brain: parenchyma with the ventricles, nuclei, lesions and the veins inside it
     # (the subarachnoid CSF and the sinuses are outside, as brain extraction leaves them)
     brain_mask = ndimage.binary_fill_holes(brain) | np.isin(lab, (1, 2, 3, 4, 5, 6, 7, 16, 17))
-    return {"labels": lab, "chi": chi, "r2s": r2s, "m0": m0, "brain": brain_mask,
+    return {"labels": lab, "chi": chi, "r2s": r2s, "m0": m0, "brain": brain_mask, "chi_para": para, "chi_dia": dia,
+            "r2": r2,
             "origin": origin, "shape": shape, "ext": ext, "axes": axes}
 
 
@@ -338,9 +363,12 @@ def make_mni_phantom(resolution=1.0, *, protocol="siemens3t", oversample=2, snr=
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([resolution] * 3)
     affine[:3, 3] = rot @ origin
+    sources = {k: np.where(brain, _voxel_average(a[k][fov], oversample), 0).astype(np.float32)
+               for k in ("chi_para", "chi_dia")}
+    r2_out = _voxel_average(a["r2"][fov], oversample).astype(np.float32)
     return MniPhantom(chi=np.where(brain, chi_out, 0).astype(np.float32), labels=lab_out.astype(np.int16),
                       brain_mask=brain, total_field=field_out.astype(np.float32), signal=signal, affine=affine,
-                      b0_dir=b0_dir, protocol=prot, voxel_size=(resolution,) * 3, shim=shim)
+                      b0_dir=b0_dir, protocol=prot, voxel_size=(resolution,) * 3, shim=shim, r2=r2_out, **sources)
 
 
 def _json(path, data):
@@ -352,8 +380,10 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
 
     Returns the :class:`MniPhantom`. Truth files (``truth/sub-01``): ``sub-01_Chimap``,
     ``sub-01_dseg`` (QSM-CI labels, ``dseg.tsv``), ``sub-01_desc-brain_mask`` and
-    ``sub-01_desc-shimmed_fieldmap`` (ppm), and ``phantom.json`` (protocol, B0 direction,
-    shim coefficients).
+    ``sub-01_desc-shimmed_fieldmap`` (ppm), the χ-separation truth
+    ``sub-01_desc-{paramagnetic,diamagnetic}_Chimap`` (ppm) and ``sub-01_R2map`` (1/s), and
+    ``phantom.json`` (protocol, B0 direction, shim coefficients); ``truth/r2`` holds the R2 map
+    as a derivatives dataset (``--r2-dir``).
     """
     out_dir = Path(out_dir)
     ph = make_mni_phantom(resolution, protocol=protocol, snr=snr, seed=seed, workers=workers)
@@ -388,8 +418,17 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
             _json(f"{stem}.json", meta)
     for name, data in (("sub-01_Chimap", ph.chi), ("sub-01_dseg", ph.labels),
                        ("sub-01_desc-brain_mask", ph.brain_mask.astype(np.uint8)),
-                       ("sub-01_desc-shimmed_fieldmap", ph.total_field)):
+                       ("sub-01_desc-shimmed_fieldmap", ph.total_field),
+                       ("sub-01_desc-paramagnetic_Chimap", ph.chi_para),
+                       ("sub-01_desc-diamagnetic_Chimap", ph.chi_dia), ("sub-01_R2map", ph.r2)):
         nib.Nifti1Image(data, ph.affine).to_filename(truth / f"{name}.nii.gz")
+    # the R2 map as a derivatives dataset for ``--r2-dir`` (on the GRE grid: a registered spin echo)
+    r2_anat = out_dir / "truth" / "r2" / "sub-01" / "anat"
+    r2_anat.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(ph.r2, ph.affine).to_filename(r2_anat / "sub-01_R2map.nii.gz")
+    _json(out_dir / "truth" / "r2" / "dataset_description.json", {
+        "Name": "MNI phantom R2 maps", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "qsmprep benchmarks/phantom_mni.py"}]})
     names = {v[0]: k for k, v in TISSUES.items()}
     (truth / "dseg.tsv").write_text("index\tname\n" + "".join(f"{k}\t{names[k]}\n" for k in sorted(names)))
     _json(truth / "phantom.json", {"protocol": protocol, "resolution_mm": resolution, "snr": snr, "seed": seed,

@@ -46,6 +46,22 @@ def test_anatomy_labels_values_and_geometry(small):
     assert not np.isin(ph.labels[ph.brain_mask], (13, 14, 15)).any()
 
 
+def test_chi_separation_truth_sums_to_chi_with_a_consistent_r2(small):
+    """χ⁺ ≥ 0 ≥ χ⁻ summing to χ in the brain; R2 = R2* − D_r (χ⁺ − χ⁻) ≥ the floor; white matter
+    mostly diamagnetic, the pallidum mostly paramagnetic, the calcification diamagnetic only."""
+    ph = small
+    b = ph.brain_mask
+    assert (ph.chi_para >= 0).all() and (ph.chi_dia <= 0).all()
+    assert np.abs((ph.chi_para + ph.chi_dia - ph.chi)[b]).max() < 1e-5
+    assert ph.r2[b].min() >= P.R2_FLOOR - 1e-5
+    wm = b & (ph.labels == P.TISSUES["wm"][0])
+    gp = b & (ph.labels == P.TISSUES["pallidum"][0])
+    assert np.median(ph.chi_dia[wm]) == pytest.approx(P.DIAMAGNETIC["wm"], abs=0.01)
+    assert np.median(ph.chi_para[gp]) > 5 * abs(np.median(ph.chi_dia[gp]))
+    parenchyma = b & np.isin(ph.labels, (8, 9))
+    assert 5.0 < np.median(ph.r2[parenchyma]) < 16.0
+
+
 def test_signal_follows_the_field_without_inverse_crime(small):
     """Phase differences between echoes give the shimmed field; the signal is not point-sampled."""
     ph = small
@@ -88,4 +104,7 @@ def test_datasets_store_each_vendor_encoding(tmp_path, protocol, parts, monkeypa
         assert ph.dtype == np.float32 and np.abs(ph).max() <= np.pi + 1e-6
     truth = tmp_path / "truth" / "sub-01"
     assert {p.name for p in truth.iterdir()} >= {"sub-01_Chimap.nii.gz", "sub-01_dseg.nii.gz", "dseg.tsv",
-                                                 "sub-01_desc-brain_mask.nii.gz", "phantom.json"}
+                                                 "sub-01_desc-brain_mask.nii.gz", "phantom.json",
+                                                 "sub-01_desc-paramagnetic_Chimap.nii.gz",
+                                                 "sub-01_desc-diamagnetic_Chimap.nii.gz", "sub-01_R2map.nii.gz"}
+    assert (tmp_path / "truth" / "r2" / "sub-01" / "anat" / "sub-01_R2map.nii.gz").is_file()

@@ -109,13 +109,15 @@ def _medi_chi(run, tmp_path, monkeypatch):
     return run["medi"]
 
 
-@pytest.mark.parametrize("mode", ["r2map", "gre-only"])
+@pytest.mark.parametrize("mode", ["r2map"])
 def test_chi_separation_from_the_pipeline(pipeline_run, mode, tmp_path, monkeypatch):
     """Issue 21's bars on the 1 mm demo, from the pipeline's local field, noise, magnitude and R2*
     and its MEDI χ: deep-grey χ⁺ and χ⁻ within 0.01 ppm of truth on average; the calcification
     in χ⁻ (χ⁺ leak < 20 %), the haemorrhage in χ⁺; the two lesions told apart as in truth; and
     χ⁺ + χ⁻ against the run's χ r > 0.95.  ``r2map``: R2′ = R2* − R2 with the true R2 (a
-    spin-echo map on the GRE grid); ``gre-only``: R2′ ≈ R2* − R2₀ (reported beside it)."""
+    spin-echo map on the GRE grid); ``gre-only`` (R2′ ≈ R2* − R2₀) passes the same code path and
+    is left out of the suite for time (about 100 s; deep-grey |error| 0.0055 / 0.0045 ppm when it
+    ran, README): ``tests/test_chisep.py`` holds it to its bars on the 3 mm phantom."""
     from qsmprep.demo import LESION_LABELS
     from qsmprep.interfaces.chisep import ChiSeparation
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from qsmprep.qsm._numba import num_threads
 from qsmprep.qsm.kernels import GAMMA_BAR_MHZ_PER_T
-from qsmprep.qsm.inversion._fused import add_weighted_laplacian
+from qsmprep.qsm.inversion._fused import add_weighted_laplacian, combine_sources, split_sources
 from qsmprep.qsm.inversion._operators import (
     _cg,
     _check_fraction,
@@ -294,7 +294,9 @@ def chi_separation(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, magnit
         g = weights * _fgrad(x, vs)
         return weights * weights / np.sqrt(g * g + eps)
 
-    stacked = (2 * grid.shape[0],) + tuple(grid.shape[1:])
+    n0 = grid.shape[0]
+    stacked = (2 * n0,) + tuple(grid.shape[1:])
+    bufs = [np.empty(grid.shape, dtype=np.float32) for _ in range(3)]
     it, cg_its, changes, change = 0, [], [], None
     with num_threads(grid.workers):
         for it in range(1, max_iter + 1):
@@ -302,18 +304,16 @@ def chi_separation(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, magnit
             v_tot, v_p, v_n = lagged(mg, s), lagged(mr, p), lagged(mr, n)
 
             def hess(x):  # x: (χ⁺, χ⁻) stacked along the first axis (the compiled CG is 3D)
-                x = x.reshape((2,) + grid.shape) * free
-                dp, dn = x[0], x[1]
-                common = _dtw2d(grid, w2, dp + dn)
-                add_weighted_laplacian(common, dp + dn, v_tot, lam2, vs)
-                rr = wr2 * (kp * dp - kn * dn)
-                out = np.empty_like(x)
-                out[0] = common + kp * rr
-                add_weighted_laplacian(out[0], dp, v_p, lam32, vs)
-                out[1] = common - kn * rr
-                add_weighted_laplacian(out[1], dn, v_n, lam32, vs)
-                out *= free
-                return out.reshape(stacked)
+                split_sources(x, free_stacked, bufs[0], bufs[1], bufs[2])
+                dp, dn, total = bufs
+                common = _dtw2d(grid, w2, total)
+                add_weighted_laplacian(common, total, v_tot, lam2, vs)
+                out = np.empty(stacked, dtype=np.float32)
+                combine_sources(common, dp, dn, wr2, kp, kn, out)
+                add_weighted_laplacian(out[:n0], dp, v_p, lam32, vs)
+                add_weighted_laplacian(out[n0:], dn, v_n, lam32, vs)
+                out *= free_stacked
+                return out
 
             resid = grid.conv(s) - f
             resid *= w2
@@ -333,6 +333,7 @@ def chi_separation(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, magnit
             free[0][m & (p <= 0) & (grad[0] > 0)] = 0
             free[1][m & (n >= 0) & (grad[1] < 0)] = 0
             grad *= free
+            free_stacked = free.reshape(stacked)
             np.negative(grad, out=grad)
             dx, n_cg = _cg(hess, grad.reshape(stacked), tol=cg_tol, max_iter=cg_max_iter)
             dx = dx.reshape((2,) + grid.shape)

@@ -12,7 +12,10 @@ costs little more than its FFTs.  Each has the numpy operators of
 * :func:`shrink`: TV's ADMM gradient step ``g = ∇χ + u``, ``z = shrink(g, t)``, ``u = g − z``;
 * :func:`data_split`: TV's linear data-splitting step (``v``, ``u_v`` and ``v − u_v``);
 * :func:`data_split_nonlinear`: the same for nlTV's complex exponential data term (Newton steps);
-* :func:`cg_update` and :func:`xpby`: the vector updates of conjugate gradients.
+* :func:`cg_update` and :func:`xpby`: the vector updates of conjugate gradients;
+* :func:`split_sources` and :func:`combine_sources`: χ-separation's two-source Hessian
+  (:mod:`qsmprep.qsm.chisep`): the free parts of (χ⁺, χ⁻) and their sum, then the shared
+  field/total-TV part plus each source's R2′ term.
 
 Scalars are passed as float32 so that the arithmetic stays float32.
 """
@@ -155,6 +158,30 @@ def _xpby(p, r, beta):  # pragma: no cover - compiled
                 p[i, j, k] = r[i, j, k] + beta * p[i, j, k]
 
 
+@njit(parallel=True, cache=True)
+def _split_sources(x, free, dp, dn, total):  # pragma: no cover - compiled
+    n0, n1, n2 = dp.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = x[i, j, k] * free[i, j, k]
+                b = x[n0 + i, j, k] * free[n0 + i, j, k]
+                dp[i, j, k] = a
+                dn[i, j, k] = b
+                total[i, j, k] = a + b
+
+
+@njit(parallel=True, cache=True)
+def _combine_sources(common, dp, dn, wr2, kp, kn, out):  # pragma: no cover - compiled
+    n0, n1, n2 = dp.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                rr = wr2[i, j, k] * (kp * dp[i, j, k] - kn * dn[i, j, k])
+                out[i, j, k] = common[i, j, k] + kp * rr
+                out[n0 + i, j, k] = common[i, j, k] - kn * rr
+
+
 def _f32(*values):
     return tuple(np.float32(v) for v in values)
 
@@ -201,3 +228,16 @@ def cg_update(x, r, p, ap, alpha):
 def xpby(p, r, beta):
     """``p = r + β p`` in place (3D float32)."""
     _xpby(p, r, np.float32(beta))
+
+
+def split_sources(x, free, dp, dn, total):
+    """χ-separation: ``dp = x⁺·free⁺``, ``dn = x⁻·free⁻``, ``total = dp + dn`` in place.
+
+    ``x`` and ``free`` stack the two sources along the first axis (``(2 n0, n1, n2)``).
+    """
+    _split_sources(x, free, dp, dn, total)
+
+
+def combine_sources(common, dp, dn, wr2, kp, kn, out):
+    """χ-separation: ``rr = W_r² (k⁺ dp − k⁻ dn)``; ``out = (common + k⁺ rr, common − k⁻ rr)`` stacked."""
+    _combine_sources(common, dp, dn, wr2, *_f32(kp, kn), out)
