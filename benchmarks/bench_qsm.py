@@ -112,7 +112,8 @@ def main(argv=None):
 
     modes = [m for m in opts.chisep.split(",") if m]
     if modes:
-        from qsmprep.qsm.chisep import chi_separation, r2prime_from_r2, r2prime_gre_only
+        from qsmprep.qsm.chisep import chi_separation
+        from qsmprep.qsm.r2prime import r2prime_from_r2, r2prime_gre_only
 
         chi0, _ = invert(field, mask, ph.voxel_size, ph.b0_dir, method="medi", magnitude=magnitude, noise=noise,
                          workers=opts.workers)

@@ -80,7 +80,7 @@ LISTED_OPTIONS = {
     ("masking", "threshold"): ("refine", "erode_mm"),
     ("masking", "bet"): ("f", "g", "refine", "erode_mm"),
     ("masking", "none"): ("refine", "erode_mm"),
-    ("chi_separation", "chisep"): ("lambda_", "edge_fraction", "r2"),
+    ("chi_separation", "chisep"): ("lambda_", "lambda_rule", "edge_fraction", "r2"),
 }
 
 #: Where the pipeline deliberately departs from a function's own default (a choice, not a

@@ -11,9 +11,9 @@ import pytest
 
 from qsmprep.demo import CHISEP_SOURCES, DEEP_GREY_LABELS, DEMO_DR, DEMO_LABELS, LESION_LABELS
 from qsmprep.qsm.chisep import (
-    DR_3T_HZ_PER_PPM, R2_BRAIN_3T, _consistent_offset, chi_separation, parameters, r2_from_t2, r2prime_from_r2,
-    r2prime_gre_only, relaxometric_constant,
+    DR_3T_HZ_PER_PPM, _consistent_offset, chi_separation, parameters, relaxometric_constant, separate,
 )
+from qsmprep.qsm.r2prime import R2_BRAIN_3T, r2_from_t2, r2prime_from_r2, r2prime_gre_only
 
 
 def test_relaxometric_constant_is_shins_and_linear_in_b0():
@@ -120,6 +120,28 @@ def test_gre_only_sources_on_the_small_phantom(small_phantom, separated):
     assert _roi(ph, p, 32) > 0.1 and abs(_roi(ph, n, 32)) < 0.2 * _roi(ph, p, 32)
 
 
+def test_lambda_rules(small_phantom):
+    """The discrepancy principle brings the field residual to the noise; the L-curve picks an
+    inner point of its λ grid (a 30-voxel crop of the small phantom around the deep grey)."""
+    ph = small_phantom
+    sl = tuple(slice(c - 15, c + 15) for c in (36, 36, 24))
+    m = ph.brain_mask[sl]
+    sigma = 0.004
+    f = (ph.local_field[sl] + np.random.default_rng(2).normal(0, sigma, m.shape).astype(np.float32)) * m
+    r2p = np.maximum(ph.r2star - ph.r2, 0)[sl] * m
+    noise = np.full(m.shape, sigma, np.float32)
+    p, n, info = separate(f, r2p, m, ph.voxel_size, ph.b0_dir, 3.0, noise=noise, lambda_rule="discrepancy",
+                          max_iter=5, lambda_evals=6)
+    last = min(info["lambda_search"], key=lambda e: abs(np.log(e["residual_variance"])))
+    assert last["lambda"] == info["lambda"] and 0.5 < last["residual_variance"] < 2.0, info
+    p, n, info = separate(f, r2p, m, ph.voxel_size, ph.b0_dir, 3.0, noise=noise, lambda_rule="lcurve",
+                          lambda_evals=5, lambda_range=10.0, max_iter=3)
+    lams = [e["lambda"] for e in info["lambda_search"]]
+    assert info["lambda"] in lams[1:-1] and (p >= 0).all() and (n <= 0).all()
+    with pytest.raises(ValueError, match="noise"):
+        separate(f, r2p, m, ph.voxel_size, ph.b0_dir, 3.0, lambda_rule="discrepancy")
+
+
 def test_chi_separation_refuses_bad_r2prime(small_phantom):
     ph = small_phantom
     bad = np.full(ph.chi.shape, -1.0, np.float32)
@@ -136,7 +158,7 @@ def test_config_stage_reads_the_signature():
     assert DEFAULT_METHODS["chi_separation"] == "none"
     cfg = mock_config(chi_separation={"method": "chisep"})
     assert cfg.workflow.stages["chi_separation"].params == METHOD_DEFAULTS[("chi_separation", "chisep")]
-    assert {k: parameters()[k] for k in ("lambda_", "edge_fraction", "r2")} == cfg.workflow.stages[
+    assert {k: parameters()[k] for k in ("lambda_", "lambda_rule", "edge_fraction", "r2")} == cfg.workflow.stages[
         "chi_separation"].params
     with pytest.raises(InputError, match="no parameter"):
         mock_config(chi_separation={"method": "chisep", "params": {"lambda": 1}})

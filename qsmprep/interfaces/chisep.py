@@ -6,7 +6,8 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined
 
 from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, load_mask, save_like, voxel_size_of
 from qsmprep.errors import InputError
-from qsmprep.qsm.chisep import chi_separation, r2_from_t2, r2prime_from_r2, r2prime_gre_only
+from qsmprep.qsm.chisep import chi_separation, separate
+from qsmprep.qsm.r2prime import r2_from_t2, r2prime_from_r2, r2prime_gre_only
 
 
 class _ChiSepInputSpec(QSMInputSpec):
@@ -61,12 +62,16 @@ class ChiSeparation(SimpleInterface):
         opt = {name: load(getattr(inp, name))[0] for name in ("magnitude", "noise", "chi")
                if isdefined(getattr(inp, name))}
         stats = {}
-        para, dia = chi_separation(local, r2p, mask, voxel_size_of(img), tuple(inp.b0_dir), inp.b0, pad=inp.pad,
-                                   workers=inp.num_threads, stats=stats, **opt, **params)
+        para, dia, lam_info = separate(local, r2p, mask, voxel_size_of(img), tuple(inp.b0_dir), inp.b0, pad=inp.pad,
+                                       workers=inp.num_threads, stats=stats, **opt, **params)
         from qsmprep.qsm._params import keyword_defaults
 
         used = keyword_defaults(chi_separation, exclude=("magnitude", "noise", "chi", "workers", "stats"))
+        used.update(keyword_defaults(separate, exclude=("noise", "stats")))
         used.update(params, pad=inp.pad)
+        used["lambda_"] = lam_info["lambda"]
+        if "lambda_search" in lam_info:
+            used["lambda_search"] = lam_info["lambda_search"]
         used["dr_para"] = stats["dr_para"]
         used["dr_dia"] = stats["dr_dia"]
         self._results["chi_para"] = save_like(para * mask, img, "chi_para.nii", runtime.cwd)
