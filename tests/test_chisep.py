@@ -191,6 +191,7 @@ def test_demo_writes_both_sources_with_their_record(chisep_demo, capsys):
     assert side["R2primeSource"].startswith("R2* - R2") and "rigid" in side["R2Map"]
     assert side["ChiSeparationParameters"]["lambda_"] == parameters()["lambda_"]
     assert "ReferenceRegion" not in side and side["ChiSeparationReference"].startswith("none")
+    assert isinstance(side["Converged"], bool) and len(side["RelativeChanges"]) == side["Iterations"]
     assert meta["R2primemap"]["Units"] == "1/s"
     para = np.asarray(nib.load(anat / "sub-01_desc-paramagnetic_Chimap.nii.gz").dataobj)
     dia = np.asarray(nib.load(anat / "sub-01_desc-diamagnetic_Chimap.nii.gz").dataobj)

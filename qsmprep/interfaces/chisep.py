@@ -89,6 +89,9 @@ class ChiSeparation(SimpleInterface):
                                       "run's chi was shifted by InitialOffset before the split",
             "InitialOffset": stats["initial_offset_ppm"],
             "Iterations": stats["iterations"], "CGIterations": stats["cg_iterations"],
+            "RelativeChanges": stats["relative_changes"],
+            # False: max_iter Gauss-Newton steps ran without the relative change reaching tol
+            "Converged": stats["converged"],
             "R2primeUnreliableFraction": stats["r2prime_unreliable_fraction"],
             **r2_info,
         })
