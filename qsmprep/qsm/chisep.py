@@ -39,9 +39,10 @@ from qsmprep.qsm.inversion._operators import (
     _check_fraction,
     _check_inputs,
     _check_positive,
-    _dot,
     _fgrad,
+    _lap_diag,
     _norm,
+    _pcg,
     _weighted_data,
 )
 from qsmprep.qsm.inversion.medi import _dtw2d, edge_mask
@@ -63,48 +64,6 @@ def relaxometric_constant(b0, *, dr_3t=DR_3T_HZ_PER_PPM):
     """
     b0 = _check_positive("b0", b0)
     return float(_check_positive("dr_3t", dr_3t)) * b0 / 3.0
-
-
-def _lap_diag(v, scale, voxel_size):
-    """Diagonal of ``scale · ∇ᵀ(V ∇·)`` for :func:`qsmprep.qsm.kernels.gradient`'s differences."""
-    d = np.zeros(v.shape[1:], np.float32)
-    for ax in range(3):
-        w = v[ax] / np.float32(voxel_size[ax] ** 2)
-        sl_last = [slice(None)] * 3
-        sl_last[ax] = slice(-1, None)
-        w = w.copy()
-        w[tuple(sl_last)] = 0          # the zero last row
-        d += w
-        d += np.roll(w, 1, axis=ax)
-    return np.float32(scale) * d
-
-
-def _pcg(apply_a, b, diag, *, tol, max_iter):
-    """Jacobi-preconditioned conjugate gradients from zero (stops at ``‖r‖ ≤ tol ‖b‖``)."""
-    b = np.ascontiguousarray(b, dtype=np.float32)
-    inv = (1.0 / diag).astype(np.float32)
-    x = np.zeros_like(b)
-    r = b.copy()
-    z = r * inv
-    p = z.copy()
-    rz = _dot(r, z)
-    stop = (tol * _norm(b)) ** 2
-    it = 0
-    while it < max_iter and _dot(r, r) > stop:
-        ap = np.ascontiguousarray(apply_a(p), dtype=np.float32)
-        pap = _dot(p, ap)
-        if pap <= 0:
-            break
-        alpha = np.float32(rz / pap)
-        x += alpha * p
-        r -= alpha * ap
-        z = r * inv
-        rz_new = _dot(r, z)
-        p *= np.float32(rz_new / rz)
-        p += z
-        rz = rz_new
-        it += 1
-    return x, it
 
 
 def _consistent_offset(chi, r2prime, dr_para, dr_dia, weights):

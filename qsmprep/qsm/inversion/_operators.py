@@ -4,7 +4,8 @@ Input validation, the padded FFT grid (:class:`_Grid`), inner products, the data
 and noise level of the data term, finite-difference gradients and their adjoints (periodic,
 :func:`_pgrad`, exactly the k-space :func:`qsmprep.qsm.kernels.gradient_kernels`; and
 :func:`qsmprep.qsm.kernels.gradient`'s, :func:`_fgrad`), the Krylov solvers
-(:func:`_cg`, :func:`_lsqr`), the TKD inverse kernel, and the quantile edge weights that
+(:func:`_cg`, Jacobi-preconditioned :func:`_pcg` with the lagged-diffusivity Laplacian's
+diagonal :func:`_lap_diag`, :func:`_lsqr`), the TKD inverse kernel, and the quantile edge weights that
 iLSQR and MEDI both threshold.
 """
 
@@ -268,6 +269,48 @@ def _cg(apply_a, b, *, tol, max_iter):
         rr_new = cg_update(x, r, p, ap, rr / pap)
         xpby(p, r, rr_new / rr)
         rr = rr_new
+        it += 1
+    return x, it
+
+
+def _lap_diag(v, scale, voxel_size):
+    """Diagonal of ``scale · ∇ᵀ(V ∇·)`` for :func:`qsmprep.qsm.kernels.gradient`'s differences."""
+    d = np.zeros(v.shape[1:], np.float32)
+    for ax in range(3):
+        w = v[ax] / np.float32(voxel_size[ax] ** 2)
+        sl_last = [slice(None)] * 3
+        sl_last[ax] = slice(-1, None)
+        w = w.copy()
+        w[tuple(sl_last)] = 0          # the zero last row
+        d += w
+        d += np.roll(w, 1, axis=ax)
+    return np.float32(scale) * d
+
+
+def _pcg(apply_a, b, diag, *, tol, max_iter):
+    """Jacobi-preconditioned conjugate gradients from zero (stops at ``‖r‖ ≤ tol ‖b‖``)."""
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    inv = (1.0 / diag).astype(np.float32)
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = r * inv
+    p = z.copy()
+    rz = _dot(r, z)
+    stop = (tol * _norm(b)) ** 2
+    it = 0
+    while it < max_iter and _dot(r, r) > stop:
+        ap = np.ascontiguousarray(apply_a(p), dtype=np.float32)
+        pap = _dot(p, ap)
+        if pap <= 0:
+            break
+        alpha = np.float32(rz / pap)
+        x += alpha * p
+        r -= alpha * ap
+        z = r * inv
+        rz_new = _dot(r, z)
+        p *= np.float32(rz_new / rz)
+        p += z
+        rz = rz_new
         it += 1
     return x, it
 
