@@ -6,7 +6,7 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined
 
 from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, load_mask, save_like, voxel_size_of
 from qsmprep.errors import InputError
-from qsmprep.qsm.chisep import chi_separation, separate
+from qsmprep.qsm.chisep import parameters, separate
 from qsmprep.qsm.r2prime import r2_from_t2, r2prime_from_r2, r2prime_gre_only
 
 
@@ -34,7 +34,7 @@ class _ChiSepOutputSpec(TraitedSpec):
 
 
 class ChiSeparation(SimpleInterface):
-    """Local field + R2′ to χ⁺ and χ⁻ (:func:`qsmprep.qsm.chisep.chi_separation`)."""
+    """Local field + R2′ to χ⁺ and χ⁻ (:func:`qsmprep.qsm.chisep.separate`)."""
 
     input_spec = _ChiSepInputSpec
     output_spec = _ChiSepOutputSpec
@@ -64,10 +64,7 @@ class ChiSeparation(SimpleInterface):
         stats = {}
         para, dia, lam_info = separate(local, r2p, mask, voxel_size_of(img), tuple(inp.b0_dir), inp.b0, pad=inp.pad,
                                        workers=inp.num_threads, stats=stats, **opt, **params)
-        from qsmprep.qsm._params import keyword_defaults
-
-        used = keyword_defaults(chi_separation, exclude=("magnitude", "noise", "chi", "workers", "stats"))
-        used.update(keyword_defaults(separate, exclude=("noise", "stats")))
+        used = {k: v for k, v in parameters().items() if k != "r2"}   # R2_0 is in r2_info (GRE only)
         used.update(params, pad=inp.pad)
         used["lambda_"] = lam_info["lambda"]
         if "lambda_search" in lam_info:
@@ -84,7 +81,7 @@ class ChiSeparation(SimpleInterface):
             "ChiSeparationParameters": used,
             "RelaxometricConstant": {"para_Hz_per_ppm": stats["dr_para"], "dia_Hz_per_ppm": stats["dr_dia"],
                                      "source": "137 Hz/ppm at 3 T (Shin et al. 2021), scaled by B0/3"
-                                     if "dr_para" not in params else "user"},
+                                     if "dr_para" not in params and "dr_dia" not in params else "user"},
             "ChiSeparationReference": "none: absolute (R2' and the sign constraints fix both sources); the "
                                       "run's chi was shifted by InitialOffset before the split",
             "InitialOffset": stats["initial_offset_ppm"],

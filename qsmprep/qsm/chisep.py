@@ -369,7 +369,8 @@ def chi_separation(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, magnit
                 break
     if stats is not None:
         stats.update({"initial_offset_ppm": round(float(offset), 6), "iterations": it, "cg_iterations": cg_its,
-                      "relative_changes": changes, "converged": bool(change is not None and change < tol), "weighting": weighting, "dr_para": dr_p, "dr_dia": dr_n,
+                      "relative_changes": changes, "converged": bool(change is not None and change < tol),
+                      "weighting": weighting, "dr_para": dr_p, "dr_dia": dr_n,
                       "r2prime_reliable_range": [lo, hi],
                       "r2prime_unreliable_fraction": round(1.0 - float(reliable.sum()) / max(grid.n_mask, 1), 4)})
     return grid.get(np.maximum(p, 0) * m), grid.get(np.minimum(n, 0) * m)
