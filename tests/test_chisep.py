@@ -47,6 +47,18 @@ def test_r2prime_sources():
     r2p, info = r2prime_from_r2(r2s, r2, mask)
     assert r2p[1, 1, 1] == 8.0 and r2p[1, 0, 0] == 0.0 and not r2p[0].any()
     assert info["R2primeNegativeFraction"] == pytest.approx(1 / 48, abs=1e-4)
+    # an R2 map that misses part of the brain, or is not R2 in 1/s, is refused, not read as R2 = 0
+    partial = r2.copy()
+    partial[1:3] = 0.0                                  # 32 of 48 mask voxels outside its field of view
+    with pytest.raises(ValueError, match="does not cover"):
+        r2prime_from_r2(r2s, partial, mask)
+    with pytest.raises(ValueError, match="not R2 in 1/s"):
+        r2prime_from_r2(r2s, np.full(mask.shape, 0.08, np.float32), mask)   # a T2 map in s
+    one_hole = r2.copy()
+    one_hole[1, 1, 1] = np.nan                          # 1 of 48 (2 %): filled with R2_0, counted
+    r2p, info = r2prime_from_r2(r2s, one_hole, mask)
+    assert r2p[1, 1, 1] == pytest.approx(20.0 - R2_BRAIN_3T) and info["R2MapMissingFraction"] == pytest.approx(1 / 48,
+                                                                                                                 abs=1e-4)
     r2p, info = r2prime_gre_only(r2s, mask)
     assert r2p[1, 1, 1] == pytest.approx(20.0 - R2_BRAIN_3T) and info["R2primeAssumedR2"] == round(R2_BRAIN_3T, 4)
     assert "uniform" in info["R2primeSource"]

@@ -48,12 +48,12 @@ class ChiSeparation(SimpleInterface):
         r2_assumed = params.pop("r2", None)
         if isdefined(inp.r2):
             r2 = load(inp.r2)[0]
-            if inp.r2_kind == "T2map":
-                try:
+            try:
+                if inp.r2_kind == "T2map":
                     r2 = r2_from_t2(r2, mask)
-                except ValueError as exc:
-                    raise InputError(f"{exc}", path=inp.r2_source if isdefined(inp.r2_source) else inp.r2) from None
-            r2p, r2_info = r2prime_from_r2(r2star, r2, mask)
+                r2p, r2_info = r2prime_from_r2(r2star, r2, mask)
+            except ValueError as exc:
+                raise InputError(f"{exc}", path=inp.r2_source if isdefined(inp.r2_source) else inp.r2) from None
             r2_info["R2MapKind"] = inp.r2_kind
             if isdefined(inp.r2_source):
                 r2_info["R2Map"] = inp.r2_source

@@ -21,22 +21,48 @@ def _finite_in_mask(name, x, mask):
     return np.where(bad, 0, x).astype(np.float32), int(bad.sum())
 
 
-def r2prime_from_r2(r2star, r2, mask):
+#: Largest fraction of the brain mask an R2 map may leave without a value (≤ 0, not finite:
+#: outside its field of view after registration) before it is refused.
+MAX_R2_MISSING = 0.05
+#: Median R2 (1/s) in the brain outside which a map cannot be an R2 map in 1/s (brain R2 is
+#: about 5-30 1/s at 1.5-7 T; a T2 map in s reads ~0.08, R2 in 1/ms ~0.01).
+R2_MEDIAN_RANGE = (1.0, 100.0)
+
+
+def r2prime_from_r2(r2star, r2, mask, *, fill_r2=R2_BRAIN_3T):
     """R2′ = R2* − R2 (1/s) from a measured R2 map, zero outside ``mask``.
 
-    Negative differences (noise, or R2 and R2* from slightly different voxels) are set to
-    0 (R2′ ≥ 0 physically); the fraction set is returned so QC can flag a misregistered or
-    mis-scaled R2 map.  Returns ``(r2prime, info)``.
+    An R2 map is refused (``ValueError``) when more than :data:`MAX_R2_MISSING` of the mask
+    has no R2 (≤ 0 or not finite: the map does not cover the GRE's brain) or when its
+    median in the mask lies outside :data:`R2_MEDIAN_RANGE` (not R2 in 1/s).  The few
+    voxels without R2 that remain take the GRE-only ``fill_r2`` (:func:`r2prime_gre_only`),
+    counted in the info.  Negative differences (noise, or R2 and R2* from slightly
+    different voxels) are set to 0 (R2′ ≥ 0 physically); their fraction is returned so a
+    misregistered or mis-scaled map shows.  Returns ``(r2prime, info)``.
     """
     mask = np.asarray(mask, dtype=bool)
     r2s, bad1 = _finite_in_mask("r2star", r2star, mask)
-    r2, bad2 = _finite_in_mask("r2", r2, mask)
+    r2 = np.asarray(r2, dtype=np.float32)
+    if r2.shape != mask.shape:
+        raise ValueError(f"r2 shape {r2.shape} does not match the mask's {mask.shape}")
+    n = max(int(mask.sum()), 1)
+    missing = mask & ~(np.isfinite(r2) & (r2 > 0))
+    missing_frac = float(missing.sum()) / n
+    if missing_frac > MAX_R2_MISSING:
+        raise ValueError(f"the R2 map has no value (<= 0 or not finite) in {missing_frac:.1%} of the brain mask: "
+                         "it does not cover the GRE's brain (field of view, registration)")
+    present = mask & ~missing
+    median = float(np.median(r2[present])) if present.any() else float("nan")
+    lo, hi = R2_MEDIAN_RANGE
+    if not lo <= median <= hi:
+        raise ValueError(f"the R2 map's median in the brain is {median:.4g}: not R2 in 1/s (expected "
+                         f"{lo:g}-{hi:g}; a T2 map? name it _T2map, in s)")
+    r2 = np.where(missing, np.float32(fill_r2), np.where(mask, r2, 0)).astype(np.float32)
     diff = (r2s - r2) * mask
     neg = mask & (diff < 0)
-    n = max(int(mask.sum()), 1)
     info = {"R2primeSource": "R2* - R2 (measured R2 map)", "R2primeNegativeFraction": round(neg.sum() / n, 4),
-            "R2primeNonFiniteVoxels": bad1 + bad2,
-            "R2MedianInMask": round(float(np.median(r2[mask])), 3) if mask.any() else None}
+            "R2primeNonFiniteVoxels": bad1, "R2MapMissingFraction": round(missing_frac, 4),
+            "R2MissingFilledWith": float(fill_r2), "R2MedianInMask": round(median, 3)}
     return np.maximum(diff, 0).astype(np.float32), info
 
 
