@@ -224,6 +224,11 @@ class AnatSettings:
     roi_erode: int = 0
     #: Faster, less accurate registration.
     sloppy: bool = False
+    #: BIDS-derivatives folder with lesion masks (:mod:`qsmprep.workflows.lesions`).
+    lesion_dir: str | None = None
+    #: Options of the lesion analysis (``qsmprep.analysis.lesions.lesion_parameters()``;
+    #: only those set by the user: the defaults are the functions' signatures).
+    lesion_options: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -277,3 +277,31 @@ def test_two_participants_ran_concurrently_with_nprocs_2(demo):
     assert len(spans["01"]) > 10 and len(spans["02"]) > 10
     overlap = sum(min(e1, e2) > max(s1, s2) for s1, e1 in spans["01"] for s2, e2 in spans["02"])
     assert overlap > 0, "no step of sub-01 ran while a step of sub-02 was running"
+
+
+def test_lesion_table_of_the_demo(demo):
+    """The default demo processes its lesion masks (``--lesion-dir``, T1w space, through the
+    GRE→T1w registration; tissue from the phantom's segmentation): every lesion of its dseg is
+    in the table with its record; haemorrhage and calcification told apart by χ's sign."""
+    import csv
+
+    for sub in ("01", "02"):
+        anat = demo / "derivatives" / "qsmprep" / f"sub-{sub}" / "anat"
+        rows = list(csv.DictReader((anat / f"sub-{sub}_desc-lesions_lesionstats.tsv").open(), delimiter="\t"))
+        meta = json.loads((anat / f"sub-{sub}_desc-lesions_lesionstats.json").read_text())
+        assert meta["LesionCount"] == 13 and meta["LesionParameters"]["OuterMM"] == 5.0
+        assert meta["TissueSource"] == "segmentation" and meta["LesionSpace"] == "T1w"
+        assert {r["input_name"] for r in rows} == {"MS lesion", "haemorrhage", "cavernous malformation",
+                                                   "calcification"}
+        sign = {r["input_name"]: r["chi_sign"] for r in rows if r["input_name"] != "MS lesion"}
+        assert sign == {"haemorrhage": "paramagnetic", "cavernous malformation": "paramagnetic",
+                        "calcification": "diamagnetic"}
+        assert sorted({int(r["lesion_id"]) for r in rows}) == list(range(1, 14))
+        numbered = np.asarray(nib.load(anat / f"sub-{sub}_desc-lesions_dseg.nii.gz").dataobj)
+        assert numbered.max() == 13
+        # T1w centroids are the GRE ones through the coregistration; the demo's T1w and GRE
+        # share the world frame, so the two agree to the registration error (< a 3 mm voxel)
+        for r in rows:
+            gre = np.array([float(r[f"centroid_gre_{a}"]) for a in "xyz"])
+            t1w = np.array([float(r[f"centroid_t1w_{a}"]) for a in "xyz"])
+            assert np.linalg.norm(gre - t1w) < 3.0, r["lesion_id"]

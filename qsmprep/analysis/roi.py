@@ -320,11 +320,12 @@ def _fmt(value):
     return "n/a" if value in ("", None) else str(value)
 
 
-def write_roistats(rows, path):
-    """Write rows of :func:`roi_statistics` as a BIDS-style TSV (``n/a`` for missing)."""
-    lines = ["\t".join(ROISTATS_COLUMNS)]
+def write_roistats(rows, path, columns=ROISTATS_COLUMNS):
+    """Write rows of :func:`roi_statistics` (or of another table, with its ``columns``) as a
+    BIDS-style TSV (``n/a`` for missing)."""
+    lines = ["\t".join(columns)]
     for row in rows:
-        lines.append("\t".join(_fmt(row.get(col, "")) for col in ROISTATS_COLUMNS))
+        lines.append("\t".join(_fmt(row.get(col, "")) for col in columns))
     Path(path).write_text("\n".join(lines) + "\n")
     return Path(path)
 

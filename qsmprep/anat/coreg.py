@@ -72,28 +72,42 @@ def coregister_gre_to_t1w(fixed, moving, out_dir, *, fixed_mask=None, moving_mas
     return {"xfm": xfm, "inv_xfm": inv, "warped": reg["warped"]}
 
 
-def align_to_gre(moving, gre_reference, out_dir, *, name="aligned", num_threads=1, random_seed=42):
-    """Bring a map of another acquisition of the session (an R2 map) into the GRE grid.
+def register_to_gre(moving, gre_reference, out_dir, *, name="aligned", num_threads=1, random_seed=42):
+    """Rigid transform from another image of the session (an R2 map, a FLAIR) to the GRE grid.
 
-    On the GRE grid already (same shape, affine within 1e-3 mm): used as it is.  Otherwise
+    On the GRE grid already (same shape, affine within 1e-3 mm): no transform.  Otherwise
     registered rigidly to the GRE echo-averaged magnitude (``gre_reference``) with
-    :func:`qsmprep.anat.registration.register` (Mattes mutual information, which copes
-    with the maps' different contrast; started from the scanner coordinates, which agree
-    for scans of one session) and resampled linearly.
+    :func:`qsmprep.anat.registration.register` (Mattes mutual information, which copes with
+    the images' different contrast; started from the scanner coordinates, which agree for
+    scans of one session).
+
+    Returns ``(transforms, info)``: the antsApplyTransforms list (empty on the same grid) and
+    a ``Registration`` sidecar entry saying which was done.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img, ref = nib.load(moving), nib.load(gre_reference)
+    if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-3):
+        return [], {"Registration": "none: the image is in the GRE grid"}
+    res = register(gre_reference, moving, os.fspath(out_dir / f"{name}_"), stages=("rigid",),
+                   initialize="origin", random_seed=random_seed, num_threads=num_threads)
+    return list(res["forward"]), {"Registration": "rigid to the GRE echo-averaged magnitude (antsRegistration, "
+                                                  "Mattes mutual information, from scanner coordinates)"}
+
+
+def align_to_gre(moving, gre_reference, out_dir, *, name="aligned", num_threads=1, random_seed=42):
+    """Bring a map of another acquisition of the session (an R2 map) into the GRE grid:
+    :func:`register_to_gre`, then linear resampling.
 
     Returns ``(path in the GRE grid, info)``; info's ``Registration`` says which was done.
     """
     from qsmprep.anat.registration import apply_transforms
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    img, ref = nib.load(moving), nib.load(gre_reference)
-    if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-3):
+    transforms, info = register_to_gre(moving, gre_reference, out_dir, name=name, num_threads=num_threads,
+                                       random_seed=random_seed)
+    if not transforms:
         return os.fspath(moving), {"Registration": "none: the map is in the GRE grid"}
-    res = register(gre_reference, moving, os.fspath(out_dir / f"{name}_"), stages=("rigid",),
-                   initialize="origin", random_seed=random_seed, num_threads=num_threads)
-    out = apply_transforms(moving, gre_reference, res["forward"], out_dir / f"{name}.nii.gz",
+    out = apply_transforms(moving, gre_reference, transforms, out_dir / f"{name}.nii.gz",
                            interpolation="linear", num_threads=num_threads)
-    return os.fspath(out), {"Registration": "rigid to the GRE echo-averaged magnitude (antsRegistration, "
-                                            "Mattes mutual information, from scanner coordinates); linear "
-                                            "interpolation"}
+    return os.fspath(out), {"Registration": info["Registration"] + "; linear interpolation"}

@@ -43,6 +43,9 @@ def run_demo(opts):
     # (labels eroded by one voxel: the demo's 3 mm voxels are mostly partial volume at edges)
     config.anat.segmentation_dir = info["segmentation_dir"]
     config.anat.roi_erode = 1
+    # lesion tables from the phantom's T1w-space lesion masks (MS lesions, haemorrhage,
+    # cavernous malformation, calcification), tissue from its segmentation
+    config.anat.lesion_dir = info["lesion_dir"]
     if opts.config:
         config.update_workflow(load_preset(opts.config), source=str(opts.config))
     chisep = config.workflow.stages["chi_separation"].method == "chisep"
@@ -73,6 +76,9 @@ def run_demo(opts):
         roi_table = derivative_path(ex.output_dir, rec.entities, "roistats", desc="phantom", extension=".tsv")
         if Path(roi_table).is_file():
             lines.append(f"ROI table (segmentation through the GRE→T1w registration): {roi_table}")
+        lesion_table = derivative_path(ex.output_dir, rec.entities, "lesionstats", desc="lesions", extension=".tsv")
+        if Path(lesion_table).is_file():
+            lines.append(f"Lesion table (relative chi against normal-appearing tissue): {lesion_table}")
     from qsmprep.reports.group import run_group
 
     gdir = run_group(ex.bids_dir, ex.output_dir)

@@ -128,6 +128,13 @@ def get_parser():
                              "(sMRIPrep, FastSurfer, converted FreeSurfer) for ROI tables")
     g_anat.add_argument("--roi-erode", type=int, default=0, metavar="VOXELS",
                         help="erode each label by this many voxels before ROI statistics (default 0)")
+    g_anat.add_argument("--lesion-dir", type=_existing_dir, metavar="DIR",
+                        help="BIDS derivatives folder with lesion masks per participant/session "
+                             "(sub-<L>_*label-lesion_mask.nii.gz or *desc-lesion_dseg.nii.gz + dseg.tsv; T1w "
+                             "space, or space-FLAIR/space-T2w of the session's image): the lesion table")
+    g_anat.add_argument("--lesion-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="lesion analysis options, e.g. outer_mm=4 min_diameter_mm=3 (names and defaults: "
+                             "README, Lesions)")
     g_anat.add_argument("--sloppy", action="store_true",
                         help="faster, less accurate registration (coarser pyramid; see README)")
 

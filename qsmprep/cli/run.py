@@ -8,6 +8,7 @@ helpers in :mod:`qsmprep.cli.errors`, the logging set-up in :mod:`qsmprep.cli.lo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import traceback
@@ -96,12 +97,17 @@ def build_config(opts):
     anat.segmentation_dir = str(Path(opts.segmentation_dir).absolute()) if getattr(opts, "segmentation_dir", None) else None
     anat.roi_erode = int(getattr(opts, "roi_erode", 0))
     anat.sloppy = bool(getattr(opts, "sloppy", False))
+    anat.lesion_dir = str(Path(opts.lesion_dir).absolute()) if getattr(opts, "lesion_dir", None) else None
+    anat.lesion_options = parse_lesion_options(getattr(opts, "lesion_options", []) or [])
+    if anat.lesion_options and not anat.lesion_dir:
+        raise InputError("--lesion-options needs --lesion-dir")
     if anat.roi_erode < 0:
         raise InputError(f"--roi-erode must be ≥ 0, got {anat.roi_erode}")
     if anat.atlases and not anat.template:
         raise InputError("--atlas needs --template (atlases live in a template space)")
-    if (anat.template or anat.atlases or anat.segmentation_dir) and not anat.coreg:
-        raise InputError("--template/--atlas/--segmentation-dir need the GRE→T1w registration; drop --no-coreg")
+    if (anat.template or anat.atlases or anat.segmentation_dir or anat.lesion_dir) and not anat.coreg:
+        raise InputError("--template/--atlas/--segmentation-dir/--lesion-dir need the GRE→T1w registration; "
+                         "drop --no-coreg")
     if opts.config:
         config.update_workflow(load_preset(opts.config), source=str(opts.config))
     if getattr(opts, "phase_units", None):  # the command line wins over the preset
@@ -113,6 +119,41 @@ def build_config(opts):
         raise InputError("--r2-dir is for chi-separation: also set {\"workflow\": {\"chi_separation\": "
                          "\"chisep\"}} in the --config preset")
     return config
+
+
+def parse_lesion_options(items):
+    """``["outer_mm=4", ...]`` → ``{"outer_mm": 4.0}``, checked against the lesion functions'
+    signatures (names, and a number where the default is one)."""
+    from qsmprep.analysis.lesions import lesion_parameters
+
+    known = lesion_parameters()
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise InputError(f"--lesion-options: {item!r} is not KEY=VALUE with KEY one of {sorted(known)}")
+        try:
+            val = None if value.strip().lower() in ("none", "default") else float(value)
+        except ValueError:
+            raise InputError(f"--lesion-options: {key} must be a number, got {value!r}") from None
+        if val is not None and (not math.isfinite(val) or val < 0):
+            raise InputError(f"--lesion-options: {key} must be a finite number >= 0, got {value!r}")
+        if isinstance(known[key], int) and not isinstance(known[key], bool) and val is not None:
+            if val != int(val):
+                raise InputError(f"--lesion-options: {key} must be an integer, got {value!r}")
+            val = int(val)
+        out[key] = val
+    merged = {**known, **out}
+    outer, gap = merged["outer_mm"], merged["gap_mm"]
+    if gap is not None and gap >= outer:
+        raise InputError(f"--lesion-options: gap_mm ({gap}) must be smaller than outer_mm ({outer})")
+    if not merged["mixed_min"] <= merged["cortical_min"] <= 1:
+        raise InputError(f"--lesion-options: need mixed_min <= cortical_min <= 1, got {merged['mixed_min']}, "
+                         f"{merged['cortical_min']}")
+    if merged["rim_mm"] == 0:
+        raise InputError("--lesion-options: rim_mm must be positive")
+    return out
 
 
 #: Seconds between MultiProc scheduling passes (Nipype's default, 2 s, is for batch queues).

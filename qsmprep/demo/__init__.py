@@ -39,14 +39,14 @@ Only isotropic voxels are generated: qsm-forward's dipole kernel assumes them.
 """
 
 from qsmprep.demo.anatomy import (
-    B0, BRAIN_LABELS, CHISEP_SOURCES, DEEP_GREY_LABELS, DEMO_DR, DEMO_LABELS, FLIP, LESION_LABELS, SIZES,
+    B0, BRAIN_LABELS, CHISEP_SOURCES, DEEP_GREY_LABELS, DEMO_DR, DEMO_LABELS, FLIP, LESION_DSEG, LESION_LABELS, MS_LESION_LABELS, SIZES,
     QSMCI_LABELS, SKULL_AND_AIR_LABELS, TR, Phantom, grid_affine, label_name, qsmci_segmentation,
 )
 from qsmprep.demo.dataset import write_demo_dataset
 from qsmprep.demo.physics import dipole_field, make_phantom, render_r2, render_t1w, simulate_gre, t1w_labels
 
 __all__ = [
-    "B0", "BRAIN_LABELS", "CHISEP_SOURCES", "DEEP_GREY_LABELS", "DEMO_DR", "DEMO_LABELS", "LESION_LABELS", "QSMCI_LABELS", "FLIP", "SIZES", "SKULL_AND_AIR_LABELS", "TR", "Phantom",
+    "B0", "BRAIN_LABELS", "CHISEP_SOURCES", "DEEP_GREY_LABELS", "DEMO_DR", "DEMO_LABELS", "LESION_DSEG", "LESION_LABELS", "MS_LESION_LABELS", "QSMCI_LABELS", "FLIP", "SIZES", "SKULL_AND_AIR_LABELS", "TR", "Phantom",
     "dipole_field", "grid_affine", "label_name", "make_phantom", "qsmci_segmentation", "render_r2", "render_t1w", "simulate_gre", "t1w_labels",
     "write_demo_dataset",
 ]

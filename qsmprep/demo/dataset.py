@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from qsmprep.demo.anatomy import DEMO_LABELS, TR, FLIP
+from qsmprep.demo.anatomy import DEMO_LABELS, LESION_DSEG, TR, FLIP
 from qsmprep.demo.physics import make_phantom, render_r2, render_t1w, simulate_gre, t1w_labels
 
 LOGGER = logging.getLogger("nipype.workflow")
@@ -37,7 +37,8 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
     nominal look-up table ``truth/dseg.tsv``.  Two BIDS derivatives datasets beside them:
     ``truth/segmentation`` (the labels in T1w space, ``--segmentation-dir``) and ``truth/r2``
     (an R2 map per subject on the T1w grid, as a spin-echo scan of the session would give:
-    ``--r2-dir`` for χ-separation).
+    ``--r2-dir`` for χ-separation), and ``truth/lesions``: each subject's lesion ``dseg`` in
+    T1w space (:data:`qsmprep.demo.anatomy.LESION_DSEG`; ``--lesion-dir``).
 
     Parameters
     ----------
@@ -62,8 +63,8 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         (keys ``Chimap``, ``dseg``, ``dseg_tsv``, ``desc-brain_mask``,
         ``desc-totalfield_fieldmap``, ``desc-localfield_fieldmap``,
         ``desc-backgroundfield_fieldmap``, ``R2starmap``, ``R2map``,
-        ``desc-paramagnetic_Chimap``, ``desc-diamagnetic_Chimap``, ``segmentation``, ``r2``),
-        ``segmentation_dir`` and ``r2_dir``.
+        ``desc-paramagnetic_Chimap``, ``desc-diamagnetic_Chimap``, ``segmentation``, ``r2``,
+        ``lesions``), ``segmentation_dir``, ``r2_dir`` and ``lesion_dir``.
     """
     out_dir = Path(out_dir)
     bids, truth = out_dir / "bids", out_dir / "truth"
@@ -147,6 +148,16 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
             "Units": "1/s", "Description": "R2 of the phantom's tissues (R2* - D_r (chi_para - chi_dia), D_r "
             "137 Hz/ppm) on the T1w grid, as a spin-echo scan of the session would measure it"})
         files["r2"] = str(r2_path)
+        # the lesion masks in T1w space (a rater's or a lesion segmentation tool's): a dseg of
+        # MS lesions, haemorrhage, cavernous malformation and calcification (`--lesion-dir`)
+        les_dir = truth / "lesions" / f"sub-{sub}" / "anat"
+        les_dir.mkdir(parents=True, exist_ok=True)
+        les = np.zeros(seg.shape, np.int16)
+        for value, (_name, labels) in LESION_DSEG.items():
+            les[np.isin(seg, labels)] = value
+        les_path = les_dir / f"sub-{sub}_desc-lesion_dseg.nii.gz"
+        nib.Nifti1Image(les, t1w.affine).to_filename(les_path)
+        files["lesions"] = str(les_path)
         result["subjects"][sub] = files
         LOGGER.info("demo: wrote sub-%s (%s, %d echoes)", sub, size, len(ph.tes))
     _write_lut(truth / "dseg.tsv", DEMO_LABELS)
@@ -158,6 +169,12 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         "Name": "qsmprep demo: phantom R2 maps (T1w grid)", "BIDSVersion": "1.9.0",
         "DatasetType": "derivative", "GeneratedBy": [{"Name": "qsmprep demo"}]})
     result["r2_dir"] = str(truth / "r2")
+    (truth / "lesions" / "desc-lesion_dseg.tsv").write_text(
+        "index\tname\n" + "".join(f"{v}\t{name}\n" for v, (name, _) in LESION_DSEG.items()))
+    _write_json(truth / "lesions" / "dataset_description.json", {
+        "Name": "qsmprep demo: lesion masks (T1w space)", "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative", "GeneratedBy": [{"Name": "qsmprep demo"}]})
+    result["lesion_dir"] = str(truth / "lesions")
     return result
 
 

@@ -15,7 +15,7 @@ from nipype.interfaces.base import (
 )
 
 from qsmprep.anat import (
-    INTERPOLATIONS, LINEAR_PRESETS, SYN_PRESETS, align_to_gre, apply_transforms, brain_extract_t1w,
+    INTERPOLATIONS, LINEAR_PRESETS, SYN_PRESETS, align_to_gre, apply_transforms, brain_extract_t1w, register_to_gre,
     coregister_gre_to_t1w,
     linear_schedule, register,
 )
@@ -212,4 +212,24 @@ class AlignToGRE(SimpleInterface):
                                  num_threads=self.inputs.num_threads)
         self._results["out_file"] = out
         self._results["source"] = f"{self.inputs.in_file}; {info['Registration']}"
+        return runtime
+
+
+class _RegisterToGREOutputSpec(TraitedSpec):
+    transforms = traits.List(File(exists=True), desc="antsApplyTransforms list to the GRE grid (empty on it)")
+    info = traits.Dict(desc="the registration done, for the sidecar")
+
+
+class RegisterToGRE(SimpleInterface):
+    """Rigid transform of another image of the session (a FLAIR) to the GRE grid
+    (:func:`qsmprep.anat.register_to_gre`)."""
+
+    input_spec = _AlignToGREInputSpec
+    output_spec = _RegisterToGREOutputSpec
+
+    def _run_interface(self, runtime):
+        transforms, info = register_to_gre(self.inputs.in_file, self.inputs.reference, runtime.cwd,
+                                           num_threads=self.inputs.num_threads)
+        self._results["transforms"] = transforms
+        self._results["info"] = dict(info, RegisteredImage=os.path.basename(self.inputs.in_file))
         return runtime

@@ -188,7 +188,7 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
     r2_maps = r2_maps or {}
     has_chisep = _stage(stages, "chi_separation")[0] == "chisep" if "chi_separation" in stages else False
     workflow = pe.Workflow(name=name)
-    anat_resources = _resolve_anat(anat, records)
+    anat_resources = _resolve_anat(anat, records, bids_dir)
     for rec in records:
         affine = nib.load(rec.magnitude[0] if rec.magnitude else rec.real[0]).affine
         label = rec.prefix.replace("-", "").replace("_", "")
@@ -278,10 +278,10 @@ def _connect_qc(workflow, gre_wf, rec, *, output_dir, sources, label, unwrapping
     return qc_node
 
 
-def _resolve_anat(anat, records):
+def _resolve_anat(anat, records, bids_dir=None):
     """Template and atlas files (resolved now, so a missing template stops the run before it
-    starts, with the prefetch command) and each session's segmentation."""
-    out = {"template_files": None, "atlases": [], "segmentations": {}}
+    starts, with the prefetch command), each session's segmentation and lesion mask."""
+    out = {"template_files": None, "atlases": [], "segmentations": {}, "lesions": {}}
     if anat is None or not anat.coreg or not any(r.t1w for r in records):
         return out
     from qsmprep.templates import get_atlas, get_template
@@ -296,6 +296,19 @@ def _resolve_anat(anat, records):
             if rec.t1w:
                 out["segmentations"][(rec.subject, rec.session)] = find_segmentation(
                     anat.segmentation_dir, rec.subject, rec.session)
+    if getattr(anat, "lesion_dir", None):
+        from qsmprep.workflows.lesions import find_lesion_masks, find_space_image
+
+        for rec in records:
+            if not rec.t1w:
+                continue
+            found = find_lesion_masks(anat.lesion_dir, rec.subject, rec.session)
+            if found is None:
+                LOGGER.info("%s: no lesion mask in --lesion-dir %s; no lesion table", rec.prefix, anat.lesion_dir)
+                continue
+            if found["space"] != "T1w":
+                found["space_image"] = find_space_image(bids_dir, rec, found["space"])
+            out["lesions"][(rec.subject, rec.session)] = found
     return out
 
 
@@ -354,4 +367,26 @@ def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sour
         ])
         if source == "atlas":
             workflow.connect([(tpl_wf, roi, [("outputnode.xfm_tpl2t1w", "inputnode.xfm_tpl2t1w")])])
+    lesions = resources.get("lesions", {}).get((rec.subject, rec.session))
+    if lesions:
+        from qsmprep.workflows.lesions import init_lesion_wf
+
+        les_wf = init_lesion_wf(space=lesions["space"], tissue_source="segmentation" if seg else "atropos",
+                                has_r2star=has_r2, params=getattr(anat, "lesion_options", {}),
+                                omp_nthreads=omp_nthreads, name=f"lesion_{label}_wf", **derivs)
+        les_wf.inputs.inputnode.lesions = lesions["lesions"]
+        if lesions["lut"]:
+            les_wf.inputs.inputnode.lesion_lut = lesions["lut"]
+        if lesions.get("space_image"):
+            les_wf.inputs.inputnode.space_image = lesions["space_image"]
+        if seg:
+            les_wf.inputs.inputnode.segmentation, les_wf.inputs.inputnode.seg_lut = seg
+        fields = [("chi", "chi"), ("local_mask", "mask"), ("average", "average")]
+        fields += [("r2star", "r2star")] if has_r2 else []
+        workflow.connect([
+            (gre_wf, les_wf, [(f"outputnode.{a}", f"inputnode.{b}") for a, b in fields]),
+            (coreg, les_wf, [("outputnode.xfm_t1w2gre", "inputnode.xfm_t1w2gre"),
+                             ("outputnode.t1w_brain", "inputnode.t1w_brain"),
+                             ("outputnode.t1w_mask", "inputnode.t1w_mask")]),
+        ])
     return coreg

@@ -1,0 +1,228 @@
+"""Lesion statistics (issue 20): numerics on synthetic geometry with known answers, the lesion
+input finder and options.  The demo's lesion table (the default demo processes its lesion
+masks) is tested in test_e2e.py, its accuracy on the 1 mm demo in test_pipeline_accuracy.py."""
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qsmprep.analysis.lesions import (
+    TISSUE_CODES, classify, label_lesions, lesion_parameters, lesion_statistics, split_params, tissue_from_labels,
+)
+from qsmprep.errors import InputError
+
+WM, CX, CSF = TISSUE_CODES["wm"], TISSUE_CODES["cortex"], TISSUE_CODES["csf"]
+VS = (1.0, 1.0, 1.0)
+
+
+def _ball(shape, centre, radius):
+    ii, jj, kk = np.indices(shape)
+    return (ii - centre[0]) ** 2 + (jj - centre[1]) ** 2 + (kk - centre[2]) ** 2 <= radius ** 2
+
+
+@pytest.fixture
+def slab():
+    """A WM block (χ −0.03) under a cortex slab (χ 0.02, k ≥ 30) under CSF (k ≥ 40)."""
+    shape = (48, 48, 48)
+    tissue = np.full(shape, WM, np.int8)
+    tissue[:, :, 30:] = CX
+    tissue[:, :, 40:] = CSF
+    chi = np.select([tissue == WM, tissue == CX], [-0.03, 0.02], 0.0).astype(np.float32)
+    return shape, tissue, chi
+
+
+def _row(rows, lid, portion="whole"):
+    return next(r for r in rows if r["lesion_id"] == lid and r["portion"] == portion)
+
+
+def test_relative_chi_class_and_portions_are_exact_on_piecewise_constant_maps(slab):
+    shape, tissue, chi = slab
+    chi = chi.copy()
+    wm_les = _ball(shape, (14, 14, 14), 3)
+    cx_les = _ball(shape, (34, 34, 35), 3) & (tissue == CX)
+    mixed = _ball(shape, (34, 14, 30), 3.5)
+    chi[wm_les] = -0.03 + 0.014
+    chi[cx_les] = 0.02 - 0.018
+    chi[mixed & (tissue == WM)] = -0.03 + 0.014
+    chi[mixed & (tissue == CX)] = 0.02 - 0.018
+    lesion_map = (wm_les | cx_les | mixed).astype(np.int16)
+    lesions, sources, n_small = label_lesions(lesion_map, VS)
+    assert lesions.max() == 3 and n_small == 0 and sources == [1, 1, 1]
+    rows, params = lesion_statistics(chi, lesions, tissue, VS, np.eye(4))
+    by_class = {}
+    for r in rows:
+        by_class.setdefault(r["class"], []).append(r)
+    assert sorted(by_class) == ["cortical", "mixed", "wm"]
+    (wm,), (cx,) = by_class["wm"], by_class["cortical"]
+    assert wm["chi_relative"] == pytest.approx(0.014, abs=1e-6) and wm["reference_tissue"] == "wm"
+    assert cx["chi_relative"] == pytest.approx(-0.018, abs=1e-6) and cx["reference_tissue"] == "cortex"
+    portions = {r["portion"]: r for r in by_class["mixed"]}
+    assert set(portions) == {"wm", "cortical"}
+    assert portions["wm"]["chi_relative"] == pytest.approx(0.014, abs=1e-6)
+    assert portions["cortical"]["chi_relative"] == pytest.approx(-0.018, abs=1e-6)
+    assert 0.25 <= portions["wm"]["cortex_fraction"] <= 0.75
+    # centroids in world mm: the identity affine gives the voxel centre of mass
+    assert (wm["centroid_gre_x"], wm["centroid_gre_y"], wm["centroid_gre_z"]) == pytest.approx((14, 14, 14))
+    assert params["GapMM"] == 1.0 and params["OuterMM"] == 5.0 and params["RimMM"] == 1.0
+
+
+def test_reference_shell_gap_outer_distance_and_exclusions(slab):
+    shape, tissue, chi = slab
+    les = _ball(shape, (14, 14, 14), 3)
+    other = _ball(shape, (14, 24, 14), 2)     # 10 voxels away: its surroundings leave the shell
+    lesions = les.astype(np.int16) + 2 * other
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(shape), (14, 14, 14))))
+    # a marker χ by distance from the lesion tells which voxels made the reference
+    chi = np.where(les, 0.1, -0.03).astype(np.float32)
+    rows, _ = lesion_statistics(chi, lesions, tissue, VS, np.eye(4), gap_mm=1.0, outer_mm=5.0)
+    ref_n = _row(rows, 1)["n_reference"]
+    from scipy import ndimage
+
+    d = ndimage.distance_transform_edt(~les)
+    near_other = ndimage.distance_transform_edt(~other) <= 1.0
+    expected = (d > 1.0) & (d <= 5.0) & ~other & ~near_other
+    assert ref_n == int(expected.sum()) and ref_n > 100
+    assert dist[les].max() <= 3
+    # too few reference voxels: reported, without relative values
+    rows, _ = lesion_statistics(chi, lesions, tissue, VS, np.eye(4), min_reference_voxels=10 ** 6)
+    r = _row(rows, 1)
+    assert r["reason"] == "no-reference" and math.isnan(r["chi_relative"]) and r["chi_mean"] == pytest.approx(0.1)
+
+
+def test_vessels_leave_the_reference_and_do_not_bias_it(slab):
+    shape, tissue, chi = slab
+    chi = chi.copy()
+    les = _ball(shape, (14, 14, 14), 3)
+    chi[les] = -0.016
+    vein = np.zeros(shape, bool)
+    vein[19:21, :, 13:15] = True               # a 2-voxel vein along j, 2 voxels from the lesion
+    chi[vein] = 0.35
+    rows, params = lesion_statistics(chi, les.astype(np.int16), tissue, VS, np.eye(4))
+    r = _row(rows, 1)
+    assert r["n_reference_vessel"] > 0 and r["chi_relative"] == pytest.approx(0.014, abs=1e-6)
+    rows, _ = lesion_statistics(chi, les.astype(np.int16), tissue, VS, np.eye(4), vessel_chi_ppm=10.0)
+    assert _row(rows, 1)["chi_relative"] < 0.014 - 0.005    # without the rule the vein biases it
+
+
+def test_rim_is_flagged_on_a_paramagnetic_rim_only(slab):
+    shape, tissue, chi = slab
+    chi = chi.copy()
+    rim_les = _ball(shape, (14, 14, 14), 5)
+    chi[rim_les] = -0.025
+    chi[rim_les & ~_ball(shape, (14, 14, 14), 4)] = 0.03
+    plain = _ball(shape, (14, 34, 14), 5)
+    chi[plain] = -0.016
+    lesions = rim_les.astype(np.int16) + 2 * plain
+    rows, _ = lesion_statistics(chi, lesions, tissue, VS, np.eye(4))
+    rim, other = _row(rows, 1), _row(rows, 2)
+    assert rim["rim_candidate"] and rim["rim_minus_core"] > 0.04
+    assert not other["rim_candidate"] and other["rim_minus_core"] == pytest.approx(0.0, abs=1e-7)
+    # a lesion darker than its tissue, with a brighter edge (partial volume with it): not a rim
+    chi2 = chi.copy()
+    chi2[rim_les] = -0.06
+    chi2[rim_les & ~_ball(shape, (14, 14, 14), 4)] = -0.04
+    rows, _ = lesion_statistics(chi2, lesions, tissue, VS, np.eye(4))
+    assert _row(rows, 1)["rim_minus_core"] > 0.01 and not _row(rows, 1)["rim_candidate"]
+
+
+def test_components_sizes_labels_and_unclassified_tissue(slab):
+    shape, tissue, chi = slab
+    lesion_map = np.zeros(shape, np.int16)
+    lesion_map[_ball(shape, (10, 10, 10), 3)] = 1
+    lesion_map[_ball(shape, (30, 10, 10), 3)] = 2          # another label: its own lesion
+    lesion_map[20, 30, 10] = 1                              # one voxel: 1 mm³, diameter 1.24 mm < 2
+    lesions, sources, n_small = label_lesions(lesion_map, VS, min_diameter_mm=2.0)
+    assert lesions.max() == 2 and sources == [1, 2] and n_small == 1
+    # diameter of the volume-equivalent sphere: 4.19 mm³ is the 2 mm threshold
+    assert label_lesions(lesion_map, VS, min_diameter_mm=1.0)[0].max() == 3
+    t = tissue.copy()
+    t[lesions == 1] = 0                                     # the segmentation labels the lesion itself
+    rows, _ = lesion_statistics(chi, lesions, t, VS, np.eye(4))
+    r = _row(rows, 1)
+    assert r["class"] == "wm" and r["n_tissue_filled"] == int((lesions == 1).sum())
+    assert classify(0.8, 0.2) == "cortical" and classify(0.5, 0.5) == "mixed"
+    assert classify(0.1, 0.9) == "wm" and classify(0.1, 0.2) == "other"
+    with pytest.raises(ValueError, match="mixed_min"):
+        classify(0.5, 0.5, cortical_min=0.2, mixed_min=0.3)
+
+
+def test_tissue_classes_from_label_names():
+    from qsmprep.analysis.roi import read_lut
+    from qsmprep.workflows.roi import FREESURFER_LUT
+
+    lut = read_lut(FREESURFER_LUT)
+    names = {name: lab for lab, (name, _) in lut.items()}
+    labels = np.array(list(lut), np.int32)
+    tissue, rules = tissue_from_labels(labels, lut)
+    cls = dict(zip(labels.tolist(), tissue.tolist()))
+    expect = {"Left-Cerebral-White-Matter": "wm", "Left-Cerebral-Cortex": "cortex", "ctx-lh-precuneus": "cortex",
+              "Left-Lateral-Ventricle": "csf", "Left-Putamen": "deep_gm", "Left-Thalamus": "deep_gm",
+              "WM-hypointensities": "wm", "CSF": "csf"}
+    for name, want in expect.items():
+        if name in names:
+            assert cls[names[name]] == TISSUE_CODES[want], name
+    demo = {5: ("grey matter", ""), 6: ("white matter", ""), 4: ("CSF", ""), 30: ("vein", ""),
+            32: ("haemorrhage", ""), 13: ("putamen", "L")}
+    t, rules = tissue_from_labels(np.array([5, 6, 4, 30, 32, 13]), demo)
+    assert t.tolist() == [CX, WM, CSF, TISSUE_CODES["vessel"], 0, TISSUE_CODES["deep_gm"]]
+    assert rules["haemorrhage"] == "unclassified"
+
+
+def test_options_come_from_the_signatures_and_are_checked():
+    from qsmprep.cli.run import parse_lesion_options
+
+    known = lesion_parameters()
+    assert known["outer_mm"] == 5.0 and known["min_diameter_mm"] == 2.0 and known["gap_mm"] is None
+    assert split_params({"min_diameter_mm": 3, "outer_mm": 4}) == ({"min_diameter_mm": 3}, {"outer_mm": 4})
+    with pytest.raises(ValueError, match="unknown lesion option"):
+        split_params({"outer": 4})
+    assert parse_lesion_options(["outer_mm=4", "min-reference-voxels=20"]) == {"outer_mm": 4.0,
+                                                                              "min_reference_voxels": 20}
+    for bad, msg in (("outer=4", "KEY=VALUE"), ("outer_mm=x", "number"), ("gap_mm=6", "smaller than outer_mm"),
+                     ("min_reference_voxels=2.5", "integer"), ("mixed_min=0.9", "mixed_min <= cortical_min")):
+        with pytest.raises(InputError, match=msg):
+            parse_lesion_options([bad])
+
+
+def test_find_lesion_masks(tmp_path):
+    from qsmprep.workflows.lesions import find_lesion_masks
+
+    anat = tmp_path / "sub-01" / "ses-1" / "anat"
+    anat.mkdir(parents=True)
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
+    img.to_filename(anat / "sub-01_ses-1_desc-lesion_dseg.nii.gz")
+    (tmp_path / "desc-lesion_dseg.tsv").write_text("index\tname\n1\tMS lesion\n")
+    found = find_lesion_masks(tmp_path, "01", "1")
+    assert found["space"] == "T1w" and found["lut"].endswith("desc-lesion_dseg.tsv")
+    assert find_lesion_masks(tmp_path, "01", "2") is None and find_lesion_masks(tmp_path, "02") is None
+    img.to_filename(anat / "sub-01_ses-1_space-FLAIR_label-lesion_mask.nii.gz")
+    with pytest.raises(InputError, match="several lesion masks"):
+        find_lesion_masks(tmp_path, "01", "1")
+    (anat / "sub-01_ses-1_desc-lesion_dseg.nii.gz").unlink()
+    found = find_lesion_masks(tmp_path, "01", "1")
+    assert found["space"] == "FLAIR" and found["lut"] is None
+    (anat / "sub-01_ses-1_space-FLAIR_label-lesion_mask.nii.gz").rename(anat / "sub-01_ses-1_space-MNI_label-lesion_mask.nii.gz")
+    with pytest.raises(InputError, match="space-MNI"):
+        find_lesion_masks(tmp_path, "01", "1")
+
+
+def test_atropos_tissue_without_a_segmentation(tmp_path):
+    """Without --segmentation-dir the tissue classes come from Atropos on the T1w: on the demo's
+    T1w (2 mm) most WM, GM and CSF voxels get their class."""
+    from qsmprep.anat.segmentation import atropos_tissue
+    from qsmprep.demo import BRAIN_LABELS, render_t1w, t1w_labels
+
+    t1w = render_t1w("small", seed=0)
+    truth = t1w_labels("small", 0, t1w.affine, t1w.shape)
+    brain = np.isin(truth, BRAIN_LABELS)
+    t1w.to_filename(tmp_path / "t1w.nii.gz")
+    nib.Nifti1Image(brain.astype(np.uint8), t1w.affine).to_filename(tmp_path / "mask.nii.gz")
+    out, info = atropos_tissue(tmp_path / "t1w.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "tissue.nii.gz")
+    tissue = np.asarray(nib.load(out).dataobj)
+    assert info["TissueSource"] == "atropos" and "deep grey" in info["TissueMethod"]
+    for labs, code in (((6,), WM), ((5,), CX), ((4, 7, 8), CSF)):
+        sel = np.isin(truth, labs)
+        assert np.mean(tissue[sel] == code) > 0.8, (labs, np.bincount(tissue[sel]))
+    assert not tissue[~brain].any()
