@@ -40,8 +40,20 @@ def demo(tmp_path_factory):
     return out
 
 
-def _name(sub, suffix, desc):
-    return f"sub-{sub}_{'desc-' + desc + '_' if desc else ''}{suffix}"
+#: the default demo's scans: sub-01, and sub-02 with two sessions a year apart (longitudinal)
+SCANS = (("01", None), ("02", "1"), ("02", "2"))
+
+
+def _stem(sub, ses):
+    return f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+
+
+def _rel(sub, ses):
+    return Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "")
+
+
+def _name(stem, suffix, desc):
+    return f"{stem}_{'desc-' + desc + '_' if desc else ''}{suffix}"
 
 
 def test_outputs_and_sidecars(demo):
@@ -51,19 +63,20 @@ def test_outputs_and_sidecars(demo):
     gen = desc["GeneratedBy"][0]
     assert gen["Name"] == "qsmprep" and gen["Version"]
     assert gen["Configuration"]["stages"]["inversion"]["method"] == "medi"
-    for sub in ("01", "02"):
-        anat = deriv / f"sub-{sub}" / "anat"
-        ref = nib.load(demo / "bids" / f"sub-{sub}" / "anat" / f"sub-{sub}_echo-1_part-mag_MEGRE.nii.gz")
+    for sub, ses in SCANS:
+        stem = _stem(sub, ses)
+        anat = deriv / _rel(sub, ses) / "anat"
+        ref = nib.load(demo / "bids" / _rel(sub, ses) / "anat" / f"{stem}_echo-1_part-mag_MEGRE.nii.gz")
         for suffix, d, units in EXPECTED:
-            img = nib.load(anat / f"{_name(sub, suffix, d)}.nii.gz")
+            img = nib.load(anat / f"{_name(stem, suffix, d)}.nii.gz")
             assert img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-4)
             assert np.all(np.isfinite(np.asarray(img.dataobj)))
-            meta = json.loads((anat / f"{_name(sub, suffix, d)}.json").read_text())
+            meta = json.loads((anat / f"{_name(stem, suffix, d)}.json").read_text())
             if units:
                 assert meta["Units"] == units
             assert meta["Sources"] and all(s.startswith("bids:raw:sub-") for s in meta["Sources"])
             assert meta["MagneticFieldStrength"] == 3.0 and len(meta["EchoTime"]) == 4
-        chi_meta = json.loads((anat / f"sub-{sub}_Chimap.json").read_text())
+        chi_meta = json.loads((anat / f"{stem}_Chimap.json").read_text())
         assert chi_meta["ReferenceRegion"] == "whole-brain"
         assert chi_meta["DipoleInversion"] == "medi" and chi_meta["BackgroundRemoval"] == "lbv"
         assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
@@ -84,8 +97,8 @@ def test_outputs_and_sidecars(demo):
         lbv_defaults = signature_defaults("background", "lbv")
         assert all(chi_meta["BackgroundRemovalParameters"][k] == v for k, v in lbv_defaults.items()
                    if k in chi_meta["BackgroundRemovalParameters"])
-        r2s = np.asarray(nib.load(anat / f"sub-{sub}_R2starmap.nii.gz").dataobj)
-        t2s = np.asarray(nib.load(anat / f"sub-{sub}_T2starmap.nii.gz").dataobj)
+        r2s = np.asarray(nib.load(anat / f"{stem}_R2starmap.nii.gz").dataobj)
+        t2s = np.asarray(nib.load(anat / f"{stem}_T2starmap.nii.gz").dataobj)
         sel = r2s > 2  # T2* is capped at 0.5 s where R2* < 2/s
         assert np.allclose(t2s[sel], 1 / r2s[sel], rtol=1e-3)
         assert (demo / "derivatives" / "qsmprep" / f"sub-{sub}" / "log").is_dir()
@@ -94,13 +107,14 @@ def test_outputs_and_sidecars(demo):
 def test_chi_matches_truth(demo):
     deriv = demo / "derivatives" / "qsmprep"
     names = {lab: label_name(lab) for lab in DEEP_GREY_LABELS}
-    for sub in ("01", "02"):
-        chi = np.asarray(nib.load(deriv / f"sub-{sub}/anat/sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
-        truth = demo / "truth" / f"sub-{sub}"
-        chi_true = np.asarray(nib.load(truth / f"sub-{sub}_Chimap.nii.gz").dataobj, np.float32)
-        labels = np.asarray(nib.load(truth / f"sub-{sub}_dseg.nii.gz").dataobj).astype(int)
+    for sub, ses in SCANS:
+        stem = _stem(sub, ses)
+        chi = np.asarray(nib.load(deriv / _rel(sub, ses) / "anat" / f"{stem}_Chimap.nii.gz").dataobj, np.float32)
+        truth = demo / "truth" / _rel(sub, ses)
+        chi_true = np.asarray(nib.load(truth / f"{stem}_Chimap.nii.gz").dataobj, np.float32)
+        labels = np.asarray(nib.load(truth / f"{stem}_dseg.nii.gz").dataobj).astype(int)
         res = compare_roi_means(chi, chi_true, labels, chi != 0, DEEP_GREY_LABELS)
-        print(f"\nsub-{sub} (LBV + MEDI, small demo)\n" + format_comparison(res, names))
+        print(f"\n{stem} (LBV + MEDI, small demo)\n" + format_comparison(res, names))
         assert res["r"] > 0.95, format_comparison(res, names)
         assert 0.85 <= res["slope"] <= 1.10, format_comparison(res, names)
         assert np.isfinite(res["measured"]).all()
@@ -111,7 +125,7 @@ def test_rerun_reuses_work_and_never_writes_bids(demo, tmp_path):
     before = tree_digest(bids)
     work = demo / "work"
     results = sorted(work.rglob("result_inversion.pklz"))
-    assert len(results) == 2
+    assert len(results) == len(SCANS)
     stamps = [p.stat().st_mtime_ns for p in results]
     import logging
     import re
@@ -185,25 +199,26 @@ def test_anatomy_outputs_and_roi_table_through_registration(demo):
     from qsmprep.analysis.roi import ROISTATS_COLUMNS, read_roistats, roi_statistics
 
     deriv = demo / "derivatives" / "qsmprep"
-    for sub in ("01", "02"):
-        anat = deriv / f"sub-{sub}" / "anat"
+    for sub, ses in SCANS:
+        stem = _stem(sub, ses)
+        anat = deriv / _rel(sub, ses) / "anat"
         for name in ("from-GRE_to-T1w_mode-image_xfm.mat", "from-T1w_to-GRE_mode-image_xfm.mat",
                      "space-T1w_Chimap.nii.gz", "space-T1w_R2starmap.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
                      "desc-phantom_dseg.nii.gz", "desc-phantom_roistats.tsv", "desc-phantom_roistats.json"):
-            assert (anat / f"sub-{sub}_{name}").is_file(), name
-        t1w = nib.load(demo / "bids" / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
-        assert nib.load(anat / f"sub-{sub}_space-T1w_Chimap.nii.gz").shape == t1w.shape
-        side = json.loads((anat / f"sub-{sub}_space-T1w_Chimap.json").read_text())
+            assert (anat / f"{stem}_{name}").is_file(), name
+        t1w = nib.load(demo / "bids" / _rel(sub, ses) / "anat" / f"{stem}_T1w.nii.gz")
+        assert nib.load(anat / f"{stem}_space-T1w_Chimap.nii.gz").shape == t1w.shape
+        side = json.loads((anat / f"{stem}_space-T1w_Chimap.json").read_text())
         assert side["Units"] == "ppm" and side["ReferenceRegion"] == "whole-brain"
-        info = json.loads((anat / f"sub-{sub}_desc-phantom_roistats.json").read_text())
+        info = json.loads((anat / f"{stem}_desc-phantom_roistats.json").read_text())
         assert info["LabelSource"] == "segmentation" and info["ErodeVoxels"] == 1
         assert info["Transforms"] == ["from-T1w_to-GRE_mode-image_xfm.mat"]
-        header = (anat / f"sub-{sub}_desc-phantom_roistats.tsv").read_text().splitlines()[0].split("\t")
+        header = (anat / f"{stem}_desc-phantom_roistats.tsv").read_text().splitlines()[0].split("\t")
         assert tuple(header) == ROISTATS_COLUMNS
-        rows = {(r["label"], r["map"]): r for r in read_roistats(anat / f"sub-{sub}_desc-phantom_roistats.tsv")}
-        chi_img = nib.load(anat / f"sub-{sub}_Chimap.nii.gz")
+        rows = {(r["label"], r["map"]): r for r in read_roistats(anat / f"{stem}_desc-phantom_roistats.tsv")}
+        chi_img = nib.load(anat / f"{stem}_Chimap.nii.gz")
         chi = np.asarray(chi_img.dataobj, np.float32)
-        labels = np.asarray(nib.load(demo / "truth" / f"sub-{sub}" / f"sub-{sub}_dseg.nii.gz").dataobj).astype(int)
+        labels = np.asarray(nib.load(demo / "truth" / _rel(sub, ses) / f"{stem}_dseg.nii.gz").dataobj).astype(int)
         truth = {r["label"]: r for r in roi_statistics({"chi": chi}, labels, voxel_size=chi_img.header.get_zooms()[:3],
                                                         mask=chi != 0, erode_voxels=1, include=DEEP_GREY_LABELS)}
         for lab in (11, 12, 13, 14, 17, 18):
@@ -227,14 +242,16 @@ def test_reports_and_citation(demo, tmp_path):
         html = (deriv / f"sub-{sub}.html").read_text()
         figs = sorted(p.name for p in (deriv / f"sub-{sub}" / "figures").glob("*.png"))
         for kind in ("chimap", "magnitude", "fieldmaplocalfield", "r2starmap", "coreg"):
-            assert f"sub-{sub}_desc-{kind}_mosaic.png" in figs, (kind, figs)
+            for ses in [s for u, s in SCANS if u == sub]:
+                assert f"{_stem(sub, ses)}_desc-{kind}_mosaic.png" in figs, (kind, figs)
         assert html.count("data:image/png;base64,") == len(figs)
         assert "src=\"http" not in html and "<script" not in html  # opens offline
         assert "desc-phantom_roistats.tsv" in html and "No errors were reported" not in html
         # clean phantom data pass every QC check (no false alarms), and the report says so first
-        qc = json.loads((deriv / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-qc_metrics.json").read_text())
-        assert qc["Status"] == "pass", qc["Warnings"]
-        assert qc["Metrics"]["registration_similarity"]["Status"] == "pass"
+        for ses in [s for u, s in SCANS if u == sub]:
+            qc = json.loads((deriv / _rel(sub, ses) / "anat" / f"{_stem(sub, ses)}_desc-qc_metrics.json").read_text())
+            assert qc["Status"] == "pass", qc["Warnings"]
+            assert qc["Metrics"]["registration_similarity"]["Status"] == "pass"
         assert html.index("Quality control") < html.index("<img")  # the QC block comes before any figure
         assert "No processing errors; all QC metrics passed" in html
         assert '"inversion"' in html and "antspyx" in html  # configuration and versions
@@ -260,6 +277,22 @@ def test_group_level_on_the_demo(demo, capsys):
     row = summary[(summary["map"] == "chi") & (summary["roi_key"] == "putamen_L")].iloc[0]
     assert row["n_scans"] == 2 and row["mean"] == pytest.approx(put.mean(), abs=1e-6)
     assert (deriv / "group" / "group.html").is_file()
+    # the lesion tables: pooled, tested per lesion kind and class, a strip plot per kind
+    lesions = pd.read_csv(deriv / "group" / "lesions.tsv", sep="\t")
+    assert sorted(lesions["participant_id"].unique()) == ["sub-01", "sub-02"]
+    stats = pd.read_csv(deriv / "group" / "lesion_stats.tsv", sep="\t")
+    ms = stats[(stats["input_name"] == "MS lesion") & (stats["class"] == "wm")].set_index("level")
+    assert ms.loc["participant", "n"] == 2 and ms.loc["lesion", "n"] >= 10
+    assert (deriv / "group" / "figures" / "lesion-MSlesion_stripplot.png").is_file()
+    assert "Lesions: relative" in (deriv / "group" / "group.html").read_text()
+    # the two-session participant: every lesion found again in the first session's T1w space
+    # (the head moved 2 mm / 2° between sessions), one to one, with the sessions' year
+    change = pd.read_csv(deriv / "group" / "lesion_change.tsv", sep="\t")
+    assert set(change["participant_id"]) == {"sub-02"} and (change["status"] == "matched").all()
+    assert len(change) == 14 and change["lesion_first"].is_unique and change["lesion_later"].is_unique
+    assert change["years"].iloc[0] == pytest.approx(365 / 365.25, abs=1e-3)
+    for _, row in change.iterrows():   # every match shares voxels in the common space
+        assert row["overlap_voxels"] > 0
 
 
 def test_two_participants_ran_concurrently_with_nprocs_2(demo):
@@ -285,20 +318,21 @@ def test_lesion_table_of_the_demo(demo):
     in the table with its record; haemorrhage and calcification told apart by χ's sign."""
     import csv
 
-    for sub in ("01", "02"):
-        anat = demo / "derivatives" / "qsmprep" / f"sub-{sub}" / "anat"
-        rows = list(csv.DictReader((anat / f"sub-{sub}_desc-lesions_lesionstats.tsv").open(), delimiter="\t"))
-        meta = json.loads((anat / f"sub-{sub}_desc-lesions_lesionstats.json").read_text())
-        assert meta["LesionCount"] == 13 and meta["LesionParameters"]["OuterMM"] == 5.0
+    for sub, ses in SCANS:
+        stem = _stem(sub, ses)
+        anat = demo / "derivatives" / "qsmprep" / _rel(sub, ses) / "anat"
+        rows = list(csv.DictReader((anat / f"{stem}_desc-lesions_lesionstats.tsv").open(), delimiter="\t"))
+        meta = json.loads((anat / f"{stem}_desc-lesions_lesionstats.json").read_text())
+        assert meta["LesionCount"] == 14 and meta["LesionParameters"]["OuterMM"] == 5.0
         assert meta["TissueSource"] == "segmentation" and meta["LesionSpace"] == "T1w"
         assert {r["input_name"] for r in rows} == {"MS lesion", "haemorrhage", "cavernous malformation",
                                                    "calcification"}
         sign = {r["input_name"]: r["chi_sign"] for r in rows if r["input_name"] != "MS lesion"}
         assert sign == {"haemorrhage": "paramagnetic", "cavernous malformation": "paramagnetic",
                         "calcification": "diamagnetic"}
-        assert sorted({int(r["lesion_id"]) for r in rows}) == list(range(1, 14))
-        numbered = np.asarray(nib.load(anat / f"sub-{sub}_desc-lesions_dseg.nii.gz").dataobj)
-        assert numbered.max() == 13
+        assert sorted({int(r["lesion_id"]) for r in rows}) == list(range(1, 15))
+        numbered = np.asarray(nib.load(anat / f"{stem}_desc-lesions_dseg.nii.gz").dataobj)
+        assert numbered.max() == 14
         # T1w centroids are the GRE ones through the coregistration; the demo's T1w and GRE
         # share the world frame, so the two agree to the registration error (< a 3 mm voxel)
         for r in rows:

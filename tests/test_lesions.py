@@ -2,6 +2,7 @@
 input finder and options.  The demo's lesion table (the default demo processes its lesion
 masks) is tested in test_e2e.py, its accuracy on the 1 mm demo in test_pipeline_accuracy.py."""
 
+import json
 import math
 
 import nibabel as nib
@@ -226,3 +227,145 @@ def test_atropos_tissue_without_a_segmentation(tmp_path):
         sel = np.isin(truth, labs)
         assert np.mean(tissue[sel] == code) > 0.8, (labs, np.bincount(tissue[sel]))
     assert not tissue[~brain].any()
+
+
+def _table(rows):
+    import pandas as pd
+
+    cols = ["participant_id", "scan", "lesion_id", "input_name", "class", "portion", "portion_volume_mm3",
+            "chi_relative"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_group_t_tests_and_bonferroni_against_hand_computed_values():
+    from scipy import stats as sst
+
+    from qsmprep.analysis.lesion_group import lesion_group_stats, lesion_observations
+
+    wm = {"sub-1": [0.01, 0.03, 0.02], "sub-2": [0.0, 0.015], "sub-3": [0.025]}
+    rows = []
+    for sub, vals in wm.items():
+        for i, v in enumerate(vals, 1):
+            rows.append([sub, sub, i, "MS lesion", "wm", "whole", 100.0, v])
+    rows.append(["sub-1", "sub-1", 9, "MS lesion", "cortical", "whole", 50.0, -0.02])
+    rows.append(["sub-2", "sub-2", 9, "MS lesion", "cortical", "whole", 50.0, -0.01])
+    rows.append(["sub-3", "sub-3", 9, "MS lesion", "cortical", "whole", 50.0, -0.03])
+    # a mixed lesion: portions of 30 and 10 mm³ → (30·0.02 + 10·(−0.04)) / 40 = 0.005
+    rows.append(["sub-1", "sub-1", 7, "MS lesion", "mixed", "wm", 30.0, 0.02])
+    rows.append(["sub-1", "sub-1", 7, "MS lesion", "mixed", "cortical", 10.0, -0.04])
+    rows.append(["sub-2", "sub-2", 7, "MS lesion", "mixed", "wm", 10.0, 0.01])
+    rows.append(["sub-2", "sub-2", 7, "MS lesion", "mixed", "cortical", 10.0, 0.03])
+    rows.append(["sub-3", "sub-3", 5, "MS lesion", "wm", "whole", 100.0, float("nan")])   # no reference
+    rows.append(["sub-1", "sub-1", 20, "haemorrhage", "wm", "whole", 100.0, 0.3])
+    rows.append(["sub-2", "sub-2", 20, "haemorrhage", "wm", "whole", 100.0, 0.4])
+    table = _table(rows)
+    obs = lesion_observations(table)
+    mixed = obs[obs["class"] == "mixed"].set_index("participant_id")["chi_relative"]
+    assert mixed["sub-1"] == pytest.approx(0.005) and mixed["sub-2"] == pytest.approx(0.02)
+    out = lesion_group_stats(table).set_index(["input_name", "class", "level"])
+
+    def by_hand(values):
+        v = np.asarray(values, float)
+        n, mean, sd = v.size, v.sum() / v.size, math.sqrt(((v - v.mean()) ** 2).sum() / (v.size - 1))
+        t = mean / (sd / math.sqrt(n))
+        return n, mean, sd, t, 2 * sst.t.sf(abs(t), n - 1)
+
+    all_wm = [v for vals in wm.values() for v in vals]
+    per_sub = [np.mean(v) for v in wm.values()]
+    for level, values in (("lesion", all_wm), ("participant", per_sub)):
+        n, mean, sd, t, p = by_hand(values)
+        row = out.loc[("MS lesion", "wm", level)]
+        assert (row["n"], row["mean"], row["sd"], row["t"], row["p"]) == pytest.approx((n, mean, sd, t, p))
+        assert row["m_tests"] == 6 and row["p_bonferroni"] == pytest.approx(min(1.0, 6 * p))
+    n, mean, sd, t, p = by_hand([-0.02, -0.01, -0.03])
+    assert out.loc[("MS lesion", "cortical", "participant"), "t"] == pytest.approx(t)
+    hae = out.loc[("haemorrhage", "wm", "lesion")]
+    assert hae["n"] == 2 and hae["m_tests"] == 2     # its own family: 1 type x 2 levels
+
+
+def test_linear_fit_and_tube_table(tmp_path):
+    from scipy import stats as sst
+
+    from qsmprep.analysis.calibration import calibration_factor, linear_fit, read_tubes
+
+    x = np.array([0.0, 1, 2, 3, 4, 5])
+    y = 0.3 * x + 0.02 + np.array([0.01, -0.02, 0.015, 0.0, -0.01, 0.005])
+    fit = linear_fit(x, y)
+    ref = sst.linregress(x, y)
+    assert fit["slope"] == pytest.approx(ref.slope) and fit["intercept"] == pytest.approx(ref.intercept)
+    assert fit["r2"] == pytest.approx(ref.rvalue ** 2)
+    q = sst.t.ppf(0.975, len(x) - 2)
+    assert fit["slope_ci"] == pytest.approx([ref.slope - q * ref.stderr, ref.slope + q * ref.stderr])
+    assert fit["intercept_ci"] == pytest.approx([ref.intercept - q * ref.intercept_stderr,
+                                                 ref.intercept + q * ref.intercept_stderr])
+    assert calibration_factor(0.3, 0.33) == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="two distinct"):
+        linear_fit([1.0, 1.0], [0.1, 0.2])
+    nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)).to_filename(tmp_path / "labels.nii.gz")
+    (tmp_path / "t.tsv").write_text("tube\tconcentration\tlabel\nA\t0\t1\nB\t2.5\t2\n")
+    with pytest.raises(InputError, match="no label_map"):
+        read_tubes(tmp_path / "t.tsv")
+    tubes = read_tubes(tmp_path / "t.tsv", label_map="labels.nii.gz")
+    assert [t["concentration"] for t in tubes] == [0.0, 2.5] and tubes[0]["units"] == "mM"
+    (tmp_path / "bad.tsv").write_text("tube\tconcentration\tlabel\tlabel_map\nA\tlots\t1\tlabels.nii.gz\n")
+    with pytest.raises(InputError, match="not a number"):
+        read_tubes(tmp_path / "bad.tsv")
+
+
+def test_calibrate_recovers_the_molar_susceptibility_of_the_tube_phantom(tmp_path):
+    """``qsmprep calibrate`` on the demo's tube phantom (six tubes, 0-5 mM gadolinium, 0.326
+    ppm/mM, in a water cylinder in air): slope within 5 % of the truth, R² > 0.98, the
+    calibration factor ≈ 1, and the run's record."""
+    import csv
+
+    from qsmprep.cli.run import main
+    from qsmprep.demo.tubes import write_tube_dataset
+
+    info = write_tube_dataset(tmp_path / "tubes")
+    out = tmp_path / "out"
+    rc = main(["calibrate", info["bids_dir"], str(out), "--tubes", info["tubes"], "--reference-slope", "0.326",
+               "--nprocs", "2", "-w", str(tmp_path / "work")])
+    assert rc == 0
+    (fit,) = list(csv.DictReader((out / "calibration" / "calibration_fit.tsv").open(), delimiter="\t"))
+    assert float(fit["slope"]) == pytest.approx(info["molar_chi"], rel=0.05), fit
+    assert float(fit["r2"]) > 0.98 and float(fit["calibration_factor"]) == pytest.approx(1.0, abs=0.05)
+    assert float(fit["slope_ci_low"]) < float(fit["slope"]) < float(fit["slope_ci_high"])
+    record = json.loads((out / "calibration" / "calibration.json").read_text())
+    assert record["Unwrapping"] == "romeo" and record["Scans"]["sub-phantom"]["ReferenceRegion"]
+    assert (out / "calibration" / "figures" / "sub-phantom_calibration.png").is_file()
+    tubes = list(csv.DictReader((out / "calibration" / "calibration_tubes.tsv").open(), delimiter="\t"))
+    assert len(tubes) == 6 and all(int(t["n_voxels"]) > 500 for t in tubes)
+
+
+def test_lesions_matched_across_sessions_and_their_change():
+    from qsmprep.analysis.lesion_change import lesion_change_rows, match_lesions
+
+    shape = (30, 30, 30)
+    first, later = np.zeros(shape, np.int16), np.zeros(shape, np.int16)
+    first[_ball(shape, (8, 8, 8), 3)] = 1
+    first[_ball(shape, (20, 20, 20), 3)] = 2
+    first[_ball(shape, (8, 22, 8), 2)] = 3              # gone by the later session
+    later[_ball(shape, (21, 20, 20), 3)] = 1            # numbered the other way round, moved 1 voxel
+    later[_ball(shape, (9, 8, 8), 3)] = 2
+    later[_ball(shape, (22, 6, 22), 2)] = 3             # new
+    pairs, new, missing = match_lesions(first, later)
+    assert [(a, b) for a, b, _ in pairs] == [(1, 2), (2, 1)] and new == [3] and missing == [3]
+    means_first = {1: (0.30, 100, "cavernous malformation"), 2: (0.20, 100, "cavernous malformation"),
+                   3: (0.01, 30, "MS lesion")}
+    means_later = {2: (0.33, 100, "cavernous malformation"), 1: (0.204, 100, "cavernous malformation"),
+                   3: (0.02, 30, "MS lesion")}
+    rows = lesion_change_rows("sub-1", "ses-1", "ses-2", pairs, new, missing, means_first=means_first,
+                              means_later=means_later, acq_first="2025-01-01T00:00:00",
+                              acq_later="2027-01-01T00:00:00")
+    by = {(r["status"], r.get("lesion_first"), r.get("lesion_later")): r for r in rows}
+    grow = by[("matched", 1, 2)]
+    years = 730 / 365.25
+    assert grow["pct_change"] == pytest.approx(10.0) and grow["years"] == pytest.approx(years)
+    assert grow["pct_change_per_year"] == pytest.approx(10.0 / years) and grow["flagged"]
+    small = by[("matched", 2, 1)]
+    assert small["pct_change"] == pytest.approx(2.0) and not small["flagged"]
+    assert {r["status"] for r in rows} == {"matched", "new", "not-found"}
+    # a lesion whose χ is near the reference: its % change is not flagged, and the row says why
+    rows = lesion_change_rows("sub-1", "ses-1", "ses-2", [(3, 3, 10)], [], [], means_first=means_first,
+                              means_later=means_later)
+    assert rows[0]["pct_change"] == pytest.approx(100.0) and not rows[0]["flagged"] and "not flagged" in rows[0]["reason"]

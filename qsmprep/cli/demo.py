@@ -28,11 +28,12 @@ def run_demo(opts):
     _CRASH_DIRS[:] = [out]
     PROGRESS_LOGGER.info("Writing the %s demo dataset (%d participants) to %s", opts.size, opts.subjects,
                          out / "bids")
-    info = write_demo_dataset(out, size=opts.size, n_subjects=opts.subjects, overwrite=opts.overwrite)
+    info = write_demo_dataset(out, size=opts.size, n_subjects=opts.subjects, overwrite=opts.overwrite,
+                              longitudinal=getattr(opts, "longitudinal", True))
     if opts.overwrite:  # a replaced demo must not reuse the previous demo's work or outputs
         import shutil
 
-        for sub in ("work", "derivatives"):
+        for sub in ("work", "derivatives", "tubes"):
             shutil.rmtree(out / sub, ignore_errors=True)
     config = Config()
     ex = config.execution
@@ -66,13 +67,14 @@ def run_demo(opts):
         chi_img = nib.load(chi_path)
         chi = np.asarray(chi_img.dataobj, dtype=np.float32)
         mask = chi != 0
-        truth_dir = Path(info["truth_dir"]) / f"sub-{rec.subject}"
-        chi_true = np.asarray(nib.load(truth_dir / f"sub-{rec.subject}_Chimap.nii.gz").dataobj, dtype=np.float32)
-        labels = np.asarray(nib.load(truth_dir / f"sub-{rec.subject}_dseg.nii.gz").dataobj).astype(int)
+        stem = f"sub-{rec.subject}" + (f"_ses-{rec.session}" if rec.session else "")
+        truth_files = info["subjects"][stem[4:]]
+        chi_true = np.asarray(nib.load(truth_files["Chimap"]).dataobj, dtype=np.float32)
+        labels = np.asarray(nib.load(truth_files["dseg"]).dataobj).astype(int)
         result = compare_roi_means(chi, chi_true, labels, mask, DEEP_GREY_LABELS)
         lines += ["", f"{rec.prefix}: {chi_path}", format_comparison(result, names)]
         if chisep:
-            lines += _chisep_lines(ex.output_dir, rec, truth_dir, labels)
+            lines += _chisep_lines(ex.output_dir, rec, truth_files, labels)
         roi_table = derivative_path(ex.output_dir, rec.entities, "roistats", desc="phantom", extension=".tsv")
         if Path(roi_table).is_file():
             lines.append(f"ROI table (segmentation through the GRE→T1w registration): {roi_table}")
@@ -82,6 +84,12 @@ def run_demo(opts):
     from qsmprep.reports.group import run_group
 
     gdir = run_group(ex.bids_dir, ex.output_dir)
+    from qsmprep.demo.tubes import write_tube_dataset
+
+    tubes = write_tube_dataset(out / "tubes")  # the calibration phantom: not processed here
+    lines += ["", f"Tube phantom for calibration (gadolinium 0-5 mM, {tubes['molar_chi']} ppm/mM): qsmprep calibrate "
+              f"{tubes['bids_dir']} {out / 'tubes' / 'derivatives'} --tubes {tubes['tubes']} --reference-slope "
+              f"{tubes['molar_chi']}"]
     lines += ["", f"Reports: {', '.join(str(Path(ex.output_dir) / f'sub-{s}.html') for s in sorted({r.subject for r in records}))}",
               f"Methods boilerplate: {Path(ex.output_dir) / 'logs' / 'CITATION.md'}",
               f"Group level (qsmprep ... group): {gdir / 'group.html'}"]
@@ -89,7 +97,7 @@ def run_demo(opts):
     return 0
 
 
-def _chisep_lines(output_dir, rec, truth_dir, labels):
+def _chisep_lines(output_dir, rec, truth_files, labels):
     """χ⁺ and χ⁻ against the phantom's truth in the deep grey nuclei and the χ-separation structures."""
     import nibabel as nib
     import numpy as np
@@ -102,7 +110,7 @@ def _chisep_lines(output_dir, rec, truth_dir, labels):
 
     rows = ["chi-separation (ppm, estimate / truth):", f"  {'region':24s} {'chi+':>17s} {'chi-':>17s}"]
     est = {d: read(derivative_path(output_dir, rec.entities, "Chimap", desc=d)) for d in ("paramagnetic", "diamagnetic")}
-    true = {d: read(truth_dir / f"sub-{rec.subject}_desc-{d}_Chimap.nii.gz") for d in est}
+    true = {d: read(truth_files[f"desc-{d}_Chimap"]) for d in est}
     valid = est["paramagnetic"] != 0
     valid |= est["diamagnetic"] != 0
     for lab in [*DEEP_GREY_LABELS, 31, *LESION_LABELS]:

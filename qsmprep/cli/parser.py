@@ -186,6 +186,9 @@ def get_demo_parser():
     parser.add_argument("--r2-map", action="store_true",
                         help="with chi_separation 'chisep' in the preset: use the phantom's R2 maps "
                              "(OUT_DIR/truth/r2, as --r2-dir) instead of the GRE-only approximation")
+    parser.add_argument("--single-session", dest="longitudinal", action="store_false",
+                        help="no two-session participant (by default the last of two or more participants has "
+                             "two sessions a year apart, for the longitudinal lesion table)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo in OUT_DIR (its bids, truth, work and derivatives)")
     _add_verbosity(parser)
     return parser

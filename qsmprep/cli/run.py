@@ -333,6 +333,10 @@ def _main(argv):
         from qsmprep.cli.slurm import main_slurm_script
 
         return main_slurm_script(argv[1:])
+    if argv and argv[0] == "calibrate":
+        from qsmprep.cli.calibrate import main_calibrate
+
+        return main_calibrate(argv[1:])
     if argv and argv[0] == "dicom2bids":
         from qsmprep.cli.dicom2bids import main_dicom2bids
 

@@ -39,7 +39,8 @@ DEMO_LABELS = {
     36: ("cortical lesion", "", 0.002, 17.0),
     37: ("rim lesion core", "", -0.025, 18.5),
     38: ("rim lesion rim", "", 0.03, 27.0),
-    39: ("cavernous malformation", "", 0.3, 60.0),
+    39: ("cavernous malformation A", "", 0.3, 60.0),
+    40: ("cavernous malformation B", "", 0.25, 53.0),
 }
 #: label -> (χ⁺, χ⁻) ppm, the paramagnetic and diamagnetic sources of each brain tissue
 #: (χ⁺ + χ⁻ = the label's χ): iron-rich deep grey nuclei, myelinated (diamagnetic) white
@@ -57,6 +58,7 @@ CHISEP_SOURCES = {
     19: (0.135, -0.015), 20: (0.135, -0.015), 21: (0.17, -0.03), 22: (0.17, -0.03),
     30: (0.35, 0.0), 31: (0.0, -0.3), 32: (0.4, 0.0), 33: (0.06, -0.025), 34: (0.015, -0.01),
     35: (0.02, -0.036), 36: (0.019, -0.017), 37: (0.012, -0.037), 38: (0.07, -0.04), 39: (0.3, 0.0),
+    40: (0.25, 0.0),
 }
 #: The relaxometric constant (Hz/ppm) of the demo's R2* at its 3 T (Shin et al. 2021).
 DEMO_DR = 137.0
@@ -65,7 +67,7 @@ DEMO_DR = 137.0
 #: the two white-matter lesions count as white matter.
 QSMCI_LABELS = {11: 1, 12: 1, 13: 3, 14: 3, 15: 2, 16: 2, 17: 7, 18: 7, 19: 4, 20: 4, 21: 6, 22: 6,
                 6: 8, 5: 9, 4: 10, 7: 10, 8: 10, 30: 11, 31: 16, 2: 13, 0: 14, 3: 14, 1: 15, 32: 17, 33: 8, 34: 8,
-                35: 8, 36: 9, 37: 8, 38: 8, 39: 17}
+                35: 8, 36: 9, 37: 8, 38: 8, 39: 17, 40: 17}
 
 
 def qsmci_segmentation(labels):
@@ -79,10 +81,11 @@ LESION_LABELS = (32, 33, 34)
 #: the lesion-analysis structures (issue 20): WM lesions χ +0.014 ppm relative to WM (35;
 #: also the WM part of the leukocortical lesion), cortical lesions −0.018 ppm relative to
 #: cortex (36; also the leukocortical lesion's cortical part), a paramagnetic-rim lesion
-#: (core 37 +0.005 ppm, rim 38 +0.060 ppm relative to WM) and a cavernous malformation (39)
+#: (core 37 +0.005 ppm, rim 38 +0.060 ppm relative to WM) and two cavernous malformations
+#: (39, 40; radius 5-5.5 mm: the longitudinal participant's grow by 10 % and 2 %)
 MS_LESION_LABELS = (33, 34, 35, 36, 37, 38)
 #: the demo's lesion ``dseg`` (``truth/lesions``): its label -> (name, demo labels)
-LESION_DSEG = {1: ("MS lesion", MS_LESION_LABELS), 2: ("haemorrhage", (32,)), 3: ("cavernous malformation", (39,)),
+LESION_DSEG = {1: ("MS lesion", MS_LESION_LABELS), 2: ("haemorrhage", (32,)), 3: ("cavernous malformation", (39, 40)),
                4: ("calcification", (31,))}
 
 
@@ -111,16 +114,16 @@ def label_name(label):
     return f"{name} {hemi}".strip()
 
 
-BRAIN_LABELS = (4, 5, 6, 7, 8, *DEEP_GREY_LABELS, 30, 31, *LESION_LABELS, 35, 36, 37, 38, 39)
+BRAIN_LABELS = (4, 5, 6, 7, 8, *DEEP_GREY_LABELS, 30, 31, *LESION_LABELS, 35, 36, 37, 38, 39, 40)
 SKULL_AND_AIR_LABELS = (0, 2, 3)
 #: proton density (GRE M0) and T1w intensity per label
 _M0 = {0: 0.0, 1: 0.9, 2: 0.05, 3: 0.0, 4: 1.0, 5: 0.8, 6: 0.7, 7: 1.0, 8: 1.0, 30: 0.5, 31: 0.2, 32: 0.5, 33: 0.75,
-       34: 0.75, 35: 0.75, 36: 0.82, 37: 0.76, 38: 0.7, 39: 0.55}
+       34: 0.75, 35: 0.75, 36: 0.82, 37: 0.76, 38: 0.7, 39: 0.55, 40: 0.55}
 #: (the haemorrhage and the lesions are isointense to white matter on the T1w: T1-hypointense
 #: ones, 0.7, moved the small demo's GRE→T1w registration 4 mm along k with one ITK thread —
 #: flagged by the QC's similarity check; a registration robustness issue left for the lesion work)
 _T1W = {0: 0.0, 1: 0.8, 2: 0.05, 3: 0.0, 4: 0.15, 5: 0.6, 6: 0.9, 7: 0.15, 8: 0.15, 30: 0.4, 31: 0.1, 32: 0.9, 33: 0.9,
-        34: 0.9, 35: 0.9, 36: 0.6, 37: 0.9, 38: 0.9, 39: 0.9}
+        34: 0.9, 35: 0.9, 36: 0.6, 37: 0.9, 38: 0.9, 39: 0.9, 40: 0.9}
 for _lab in DEEP_GREY_LABELS:
     _M0[_lab] = 0.72 if _lab < 19 else 0.66
     _T1W[_lab] = 0.7
@@ -160,7 +163,7 @@ _CALC = ((22.0, 28.0, 32.0), 3.0)
 #: (label, centre, radius mm) of the haemorrhage and the two lesions, all in white matter
 _SPHERES = [(32, (28.0, -45.0, 25.0), 3.0), (33, (-28.0, -40.0, 28.0), 4.0), (34, (-26.0, 30.0, 30.0), 4.0),
             (35, (30.0, 10.0, 35.0), 3.5), (35, (-32.0, -10.0, 40.0), 3.0), (35, (-20.0, 45.0, 15.0), 3.5),
-            (35, (8.0, -20.0, 35.0), 3.0), (39, (-30.0, 15.0, 42.0), 3.0)]
+            (35, (8.0, -20.0, 35.0), 3.0), (39, (-30.0, 15.0, 38.0), 5.5), (40, (26.0, 20.0, 20.0), 5.0)]
 #: (centre, radius mm) of the cortical lesions (the sphere's cortex voxels) and of the
 #: leukocortical lesion (on the GM/WM boundary where the cortex is ~10 mm thick: its WM part
 #: is label 35, its cortical part 36); of the rim lesion: (centre, outer radius, rim width)

@@ -21,8 +21,15 @@ def _write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+#: the longitudinal participant's sessions: session -> (head motion (rx, ry, rz deg, tx, ty, tz
+#: mm), χ scale per label, acq_time): a year later the head lies 2 mm / 2° elsewhere, one
+#: cavernous malformation's χ has grown by 10 % (a new bleed) and the other's by 2 %
+LONGITUDINAL = {"1": (None, None, "2025-01-15T09:00:00"),
+                "2": ((2.0, -1.0, 1.5, 2.0, -1.5, 1.0), {39: 1.10, 40: 1.02}, "2026-01-15T09:00:00")}
+
+
 def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0, oblique_deg=0.0,
-                       overwrite=False):
+                       overwrite=False, longitudinal=False):
     """Write the demo BIDS dataset to ``out_dir/bids`` and the truth to ``out_dir/truth``.
 
     Subject ``sub-0N`` (N = 1, 2, ...) is ``make_phantom(size, seed=seed + N - 1)`` and
@@ -55,6 +62,10 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
     overwrite : bool
         Replace an existing non-empty ``out_dir/bids`` (and ``out_dir/truth``); otherwise
         :class:`FileExistsError` is raised.
+    longitudinal : bool
+        With two or more participants, the last one has two sessions a year apart
+        (:data:`LONGITUDINAL`: ``ses-1``, ``ses-2``, ``sub-<N>_sessions.tsv`` with
+        ``acq_time``); its files and truth keys carry ``ses-<S>`` (``"02_ses-1"``).
 
     Returns
     -------
@@ -88,34 +99,45 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
         "participant_id\tspecies\n" + "".join(f"sub-{s}\thomo sapiens (phantom)\n" for s in subjects)
     )
     result = {"bids_dir": str(bids), "truth_dir": str(truth), "subjects": {}}
+    acquisitions = []
     for i, sub in enumerate(subjects):
+        if longitudinal and n_subjects >= 2 and i == n_subjects - 1:
+            acquisitions += [(i, sub, ses, motion, scale) for ses, (motion, scale, _) in LONGITUDINAL.items()]
+            (bids / f"sub-{sub}").mkdir(parents=True, exist_ok=True)
+            (bids / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text(
+                "session_id\tacq_time\n" + "".join(f"ses-{ses}\t{when}\n" for ses, (_, _, when) in LONGITUDINAL.items()))
+        else:
+            acquisitions.append((i, sub, None, None, None))
+    for i, sub, ses, motion, scale in acquisitions:
         sub_seed = seed + i
-        ph = make_phantom(size, seed=sub_seed, oblique_deg=oblique_deg)
-        sig, _ = simulate_gre(ph, snr=snr, seed=sub_seed)
-        anat = bids / f"sub-{sub}" / "anat"
+        stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+        rel = Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "")
+        ph = make_phantom(size, seed=sub_seed, oblique_deg=oblique_deg, motion=motion, chi_scale=scale)
+        sig, _ = simulate_gre(ph, snr=snr, seed=sub_seed + (100 * int(ses) if ses else 0))
+        anat = bids / rel / "anat"
         anat.mkdir(parents=True, exist_ok=True)
         mag = np.abs(sig)
         mag_int = np.rint(mag / mag.max() * 4000).astype(np.uint16)
         phase_int = (np.rint((np.angle(sig) + np.pi) / (2 * np.pi) * 4096).astype(np.int64) % 4096).astype(np.uint16)
         for e, te in enumerate(ph.tes, start=1):
             for part, data in (("mag", mag_int[..., e - 1]), ("phase", phase_int[..., e - 1])):
-                stem = anat / f"sub-{sub}_echo-{e}_part-{part}_MEGRE"
-                nib.Nifti1Image(data, ph.affine).to_filename(f"{stem}.nii.gz")
-                _write_json(f"{stem}.json", {
+                path_stem = anat / f"{stem}_echo-{e}_part-{part}_MEGRE"
+                nib.Nifti1Image(data, ph.affine).to_filename(f"{path_stem}.nii.gz")
+                _write_json(f"{path_stem}.json", {
                     "EchoTime": round(float(te), 6), "EchoNumber": e, "MagneticFieldStrength": ph.b0,
                     "Manufacturer": "Siemens", "RepetitionTime": TR, "FlipAngle": FLIP,
                     "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"],
                     # BIDS requires Units for part-phase: integers 0..4095, not radians
                     **({"Units": "arbitrary"} if part == "phase" else {}),
                 })
-        t1w = render_t1w(size, seed=sub_seed)
-        t1w.to_filename(anat / f"sub-{sub}_T1w.nii.gz")
-        _write_json(anat / f"sub-{sub}_T1w.json", {
+        t1w = render_t1w(size, seed=sub_seed, t1w_motion=motion)
+        t1w.to_filename(anat / f"{stem}_T1w.nii.gz")
+        _write_json(anat / f"{stem}_T1w.json", {
             "MagneticFieldStrength": ph.b0, "Manufacturer": "Siemens", "MRAcquisitionType": "3D",
             "RepetitionTime": 2.3, "InversionTime": 0.9, "EchoTime": 0.00298, "FlipAngle": 9,
         })
 
-        tdir = truth / f"sub-{sub}"
+        tdir = truth / rel
         tdir.mkdir(parents=True, exist_ok=True)
         files = {}
         for name, data in (("Chimap", ph.chi), ("dseg", ph.labels), ("desc-brain_mask", ph.brain_mask),
@@ -125,41 +147,41 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
                            ("R2map", ph.r2), ("desc-paramagnetic_Chimap", ph.chi_para),
                            ("desc-diamagnetic_Chimap", ph.chi_dia)):
             arr = data.astype(np.uint8) if data.dtype == bool else data
-            path = tdir / f"sub-{sub}_{name}.nii.gz"
+            path = tdir / f"{stem}_{name}.nii.gz"
             nib.Nifti1Image(arr, ph.affine).to_filename(path)
             files[name] = str(path)
-        tsv = tdir / f"sub-{sub}_dseg.tsv"
+        tsv = tdir / f"{stem}_dseg.tsv"
         _write_lut(tsv, ph.lut)
         files["dseg_tsv"] = str(tsv)
         # the subject's segmentation in T1w space, as a BIDS derivatives dataset (what
         # sMRIPrep/FastSurfer would give): `--segmentation-dir truth/segmentation`
-        seg_dir = truth / "segmentation" / f"sub-{sub}" / "anat"
+        seg_dir = truth / "segmentation" / rel / "anat"
         seg_dir.mkdir(parents=True, exist_ok=True)
-        seg = t1w_labels(size, sub_seed, t1w.affine, t1w.shape)
-        nib.Nifti1Image(seg.astype(np.int16), t1w.affine).to_filename(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
-        _write_lut(seg_dir / f"sub-{sub}_desc-phantom_dseg.tsv", ph.lut)
-        files["segmentation"] = str(seg_dir / f"sub-{sub}_desc-phantom_dseg.nii.gz")
-        r2_dir = truth / "r2" / f"sub-{sub}" / "anat"
+        seg = t1w_labels(size, sub_seed, t1w.affine, t1w.shape, motion=motion)
+        nib.Nifti1Image(seg.astype(np.int16), t1w.affine).to_filename(seg_dir / f"{stem}_desc-phantom_dseg.nii.gz")
+        _write_lut(seg_dir / f"{stem}_desc-phantom_dseg.tsv", ph.lut)
+        files["segmentation"] = str(seg_dir / f"{stem}_desc-phantom_dseg.nii.gz")
+        r2_dir = truth / "r2" / rel / "anat"
         r2_dir.mkdir(parents=True, exist_ok=True)
-        r2_path = r2_dir / f"sub-{sub}_R2map.nii.gz"
-        nib.Nifti1Image(render_r2(size, sub_seed, t1w.affine, t1w.shape).astype(np.float32),
+        r2_path = r2_dir / f"{stem}_R2map.nii.gz"
+        nib.Nifti1Image(render_r2(size, sub_seed, t1w.affine, t1w.shape, motion=motion).astype(np.float32),
                         t1w.affine).to_filename(r2_path)
-        _write_json(r2_dir / f"sub-{sub}_R2map.json", {
+        _write_json(r2_dir / f"{stem}_R2map.json", {
             "Units": "1/s", "Description": "R2 of the phantom's tissues (R2* - D_r (chi_para - chi_dia), D_r "
             "137 Hz/ppm) on the T1w grid, as a spin-echo scan of the session would measure it"})
         files["r2"] = str(r2_path)
         # the lesion masks in T1w space (a rater's or a lesion segmentation tool's): a dseg of
         # MS lesions, haemorrhage, cavernous malformation and calcification (`--lesion-dir`)
-        les_dir = truth / "lesions" / f"sub-{sub}" / "anat"
+        les_dir = truth / "lesions" / rel / "anat"
         les_dir.mkdir(parents=True, exist_ok=True)
         les = np.zeros(seg.shape, np.int16)
         for value, (_name, labels) in LESION_DSEG.items():
             les[np.isin(seg, labels)] = value
-        les_path = les_dir / f"sub-{sub}_desc-lesion_dseg.nii.gz"
+        les_path = les_dir / f"{stem}_desc-lesion_dseg.nii.gz"
         nib.Nifti1Image(les, t1w.affine).to_filename(les_path)
         files["lesions"] = str(les_path)
-        result["subjects"][sub] = files
-        LOGGER.info("demo: wrote sub-%s (%s, %d echoes)", sub, size, len(ph.tes))
+        result["subjects"][stem[4:]] = files
+        LOGGER.info("demo: wrote %s (%s, %d echoes)", stem, size, len(ph.tes))
     _write_lut(truth / "dseg.tsv", DEMO_LABELS)
     _write_json(truth / "segmentation" / "dataset_description.json", {
         "Name": "qsmprep demo: phantom segmentation (T1w space)", "BIDSVersion": "1.9.0",

@@ -60,7 +60,7 @@ def _block_mean(x, ss):
     return x.reshape(n0, ss, n1, ss, n2, ss, *x.shape[3:]).mean(axis=(1, 3, 5))
 
 
-def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
+def make_phantom(size="small", *, seed=0, oblique_deg=0.0, motion=None, chi_scale=None):
     """Render the phantom on the GRE grid and compute its fields.
 
     Parameters
@@ -71,6 +71,12 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
         Subject seed (head pose, deep-grey χ within ±10 %).
     oblique_deg : float
         Tilt of the acquisition grid about x; B0 (world z) is then oblique in voxel axes.
+    motion : sequence of 6 float, optional
+        ``(rx, ry, rz deg, tx, ty, tz mm)``: the head moved as in :func:`render_t1w` (another
+        session's position).
+    chi_scale : dict, optional
+        ``{label: factor}``: those labels' χ (and χ⁺, χ⁻) scaled, e.g. a haemorrhage that grew
+        by a later session.
 
     Returns
     -------
@@ -98,6 +104,11 @@ def make_phantom(size="small", *, seed=0, oblique_deg=0.0):
     faffine[:3, :3] = affine[:3, :3] / ss
     faffine[:3, 3] = affine[:3, 3] - affine[:3, :3] @ np.full(3, 0.5 - 0.5 / ss)
     transform, factors = _subject_variation(seed)
+    if motion is not None:
+        transform = _moved(transform, motion)
+    factors = dict(factors)
+    for lab, scale in (chi_scale or {}).items():
+        factors[lab] = factors.get(lab, 1.0) * float(scale)
     chi_lut = _lut_array({lab: v[2] * factors.get(lab, 1.0) for lab, v in DEMO_LABELS.items()})
     r2_lut = _lut_array({lab: v[3] for lab, v in DEMO_LABELS.items()})
     m0_lut = _lut_array(_M0)
@@ -246,16 +257,22 @@ def t1w_labels(size, seed, affine, shape, motion=None):
     ``motion`` (rx, ry, rz in degrees, tx, ty, tz in mm) moves the head as in
     :func:`render_t1w`.  This is the demo's subject "segmentation" in T1w space.
     """
-    (rot, shift), _ = _subject_variation(seed)
+    transform, _ = _subject_variation(seed)
     if motion is not None:
-        m_rot = _rotation(*motion[:3])
-        rot, shift = m_rot @ rot, m_rot @ shift + np.asarray(motion[3:], dtype=float)
-    return _labels_at(*_head_coords(affine, shape, (rot, shift)))
+        transform = _moved(transform, motion)
+    return _labels_at(*_head_coords(affine, shape, transform))
 
 
-def render_r2(size, seed, affine, shape):
+def _moved(transform, motion):
+    """A head pose ``(rot, shift)`` moved by ``motion`` (rx, ry, rz deg, tx, ty, tz mm) about the world origin."""
+    rot, shift = transform
+    m_rot = _rotation(*motion[:3])
+    return m_rot @ rot, m_rot @ shift + np.asarray(motion[3:], dtype=float)
+
+
+def render_r2(size, seed, affine, shape, motion=None):
     """R2 map (1/s) of demo subject ``seed`` on a grid (``affine``, ``shape``): the R2 a spin-echo
     acquisition of the session would measure (:func:`qsmprep.demo.anatomy.r2_of` per label)."""
     _, factors = _subject_variation(seed)
     lut = _lut_array({lab: r2_of(lab, factors.get(lab, 1.0)) for lab in DEMO_LABELS})
-    return lut[t1w_labels(size, seed, affine, shape)]
+    return lut[t1w_labels(size, seed, affine, shape, motion=motion)]

@@ -355,3 +355,26 @@ def bland_altman_plot(out_png, points, stats_row, *, title="", units=""):
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
     return str(out_png)
+
+
+def lesion_strip_plot(out_png, obs, *, kind):
+    """Strip plot of one lesion kind's relative χ: a column per class, a point per lesion
+    (jittered deterministically), the class mean as a black line, zero dashed."""
+    plt = _plt()
+    classes = [c for c in ("wm", "cortical", "mixed", "other") if c in set(obs["class"])]
+    if not classes:
+        return None
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(classes), 3.6), dpi=100)
+    rng = np.random.default_rng(0)
+    for i, cls in enumerate(classes):
+        vals = obs.loc[obs["class"] == cls, "chi_relative"].to_numpy(float)
+        ax.scatter(i + rng.uniform(-0.15, 0.15, vals.size), vals, s=18, alpha=0.8)
+        ax.hlines(vals.mean(), i - 0.3, i + 0.3, color="black", lw=2)
+    ax.axhline(0.0, color="grey", ls="--", lw=1)
+    ax.set_xticks(range(len(classes)), [f"{c}\n(n={int((obs['class'] == c).sum())})" for c in classes])
+    ax.set_ylabel("relative χ (ppm)")
+    ax.set_title(f"{kind}: lesion − normal-appearing tissue")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -231,7 +231,52 @@ _TABLES = (
 )
 
 
-def _qc_only_group(out_dir, participant_label):
+def _lesion_section(out_dir, gdir, participant_label, bids_dir=None):
+    """``lesions.tsv`` (every lesion row of every scan), ``lesion_stats.tsv`` (t-tests per
+    lesion kind and class, :func:`qsmprep.analysis.lesion_group.lesion_group_stats`), a strip
+    plot per kind, and the report's section; ``""`` when no scan has a lesion table."""
+    from qsmprep.analysis.lesion_group import lesion_group_stats, lesion_observations, load_lesion_table
+    from qsmprep.reports.html import table
+
+    lesions = load_lesion_table(out_dir, participant_label)
+    if lesions.empty:
+        return ""
+    stats = lesion_group_stats(lesions)
+    _write_tsv(lesions, gdir / "lesions.tsv")
+    _write_tsv(stats, gdir / "lesion_stats.tsv")
+    obs = lesion_observations(lesions)
+    fdir = gdir / "figures"
+    fdir.mkdir(parents=True, exist_ok=True)
+    parts = [f"<h2 id=\"lesions\">Lesions: relative χ</h2><p class=\"caption\">{len(obs)} lesion(s) with a "
+             f"reference in {lesions['scan'].nunique()} scan(s) (<a href=\"lesions.tsv\">lesions.tsv</a>); relative χ "
+             "= lesion mean − adjacent normal-appearing tissue of its class; one-sample t-tests against 0 per lesion "
+             "and per participant (lesions averaged per participant), Bonferroni over the tests of one lesion kind "
+             "(<a href=\"lesion_stats.tsv\">lesion_stats.tsv</a>).</p>", table(stats)]
+    for kind, grp in obs.groupby("input_name", sort=True):
+        slug = re.sub(r"[^A-Za-z0-9]+", "", str(kind))
+        png = figures.lesion_strip_plot(fdir / f"lesion-{slug}_stripplot.png", grp, kind=kind)
+        if png:
+            parts.append(img(png, f"{kind} relative chi", f"{kind}: relative χ per lesion, by class"))
+    if bids_dir is not None and (lesions["session"] != "n/a").any():
+        import tempfile
+
+        from qsmprep.analysis.lesion_change import longitudinal_lesion_change
+
+        with tempfile.TemporaryDirectory(prefix="qsmprep-lesion-change-") as work:
+            change = longitudinal_lesion_change(out_dir, bids_dir, work, participant_label=participant_label)
+        if not change.empty:
+            _write_tsv(change, gdir / "lesion_change.tsv")
+            flagged = change[change["flagged"].astype(bool)]
+            parts.append("<h3>Lesion change between sessions</h3><p class=\"caption\">Lesions matched by overlap "
+                         "in the first session's T1w space (later T1w registered rigidly); % change of the mean "
+                         "lesional χ, per year from <code>sessions.tsv</code> <code>acq_time</code>; flagged: an "
+                         f"increase of at least 6 % ({len(flagged)} of {len(change)}; "
+                         "<a href=\"lesion_change.tsv\">lesion_change.tsv</a>).</p>"
+                         + table(change[change["status"] == "matched"]))
+    return "\n".join(parts)
+
+
+def _qc_only_group(out_dir, participant_label, bids_dir=None):
     """The group level of a run without ROI tables: ``qc.tsv`` and a report with the QC table."""
     from qsmprep.interfaces.derivatives import atomic_write_text
 
@@ -246,6 +291,7 @@ def _qc_only_group(out_dir, participant_label):
     note = ("<p>No ROI tables (<code>*_desc-&lt;atlas&gt;_roistats.tsv</code>): the participant level writes them "
             "when a T1w and <code>--segmentation-dir</code> or <code>--template</code>/<code>--atlas</code> are "
             "given, so this report has only the QC table.</p>")
+    note += _lesion_section(out_dir, gdir, participant_label, bids_dir)
     atomic_write_text(gdir / "group.html", page("qsmprep group report", _qc_section(qc_entries, qc_df) + note))
     LOGGER.info("group level: QC of %d acquisition(s) only (no ROI tables); %s", len(qc_df), gdir)
     return gdir
@@ -258,7 +304,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
         raise InputError("output folder does not exist; run the participant level first", path=out_dir)
     long = gstats.load_long_table(out_dir, bids_dir, participant_label)
     if long.empty:
-        return _qc_only_group(out_dir, participant_label)
+        return _qc_only_group(out_dir, participant_label, bids_dir)
     gdir = out_dir / "group"
     fdir = gdir / "figures"
     fdir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +366,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
                     f"inside both masks for {n_ok} of {len(voxel)} scan pair(s) in "
                     "<a href=\"voxelwise_agreement.tsv\">voxelwise_agreement.tsv</a>; searchlight maps "
                     f"({radius_mm:g} mm sphere) in group/voxelwise/.</p>")
+    sections.append(_lesion_section(out_dir, gdir, participant_label, bids_dir))
     sections.append("<h2 id=\"tables\">Tables (TSV)</h2><ul>" + "".join(
         f"<li><a href=\"{name}.tsv\">{name}.tsv</a> ({len(tables[name])} rows): {esc(text)}</li>"
         for name, text in _TABLES) + "</ul>")
