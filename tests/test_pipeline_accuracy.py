@@ -31,8 +31,8 @@ def pipeline_run(tmp_path_factory, full_phantom, full_gre):
     # SNR-100 signal, deterministic): built once for the run instead of again here (~35 s)
     import qsmprep.demo.dataset as dataset
 
-    def phantom(size, seed=0, oblique_deg=0.0):
-        assert (size, seed, oblique_deg) == ("full", 0, 0.0)
+    def phantom(size, seed=0, oblique_deg=0.0, motion=None, chi_scale=None):
+        assert (size, seed, oblique_deg, motion, chi_scale) == ("full", 0, 0.0, None, None)
         return full_phantom
 
     def signal(ph, snr=100.0, seed=0):

@@ -179,7 +179,7 @@ def get_demo_parser():
     )
     parser.add_argument("out_dir", type=Path, help="folder to create the demo in")
     parser.add_argument("--size", choices=["small", "full"], default="small",
-                        help="small: 3 mm, 4 echoes (about a minute); full: 1 mm, 8 echoes")
+                        help="small: 3 mm, 4 echoes (under two minutes); full: 1 mm, 8 echoes")
     parser.add_argument("--subjects", type=_positive_int, default=2, help="number of phantom participants")
     parser.add_argument("--nprocs", type=_positive_int, default=2, help="processes to run in parallel")
     parser.add_argument("--config", type=_existing_file, metavar="PRESET", help="workflow preset (JSON/TOML)")
