@@ -19,9 +19,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 #: Test modules by decreasing run time on the 2-core CI machine (``--durations``); the rest
 #: keep their order after these.
 SLOWEST_FIRST = (
-    "test_qsm_inversion.py", "test_pipeline_accuracy.py", "test_slurm.py", "test_anat_workflows.py",
-    "test_e2e.py", "test_chisep.py", "test_resume.py", "test_real_data.py", "test_qsm_masking.py",
-    "test_qsm_background.py",
+    "test_qsm_inversion.py", "test_pipeline_accuracy.py", "test_e2e.py", "test_slurm.py", "test_dicom2bids.py",
+    "test_chisep.py", "test_anat_workflows.py", "test_real_data.py", "test_resume.py", "test_qsm_masking.py",
+    "test_lesions.py", "test_qsm_background.py",
 )
 
 
