@@ -197,6 +197,9 @@ def test_find_lesion_masks(tmp_path):
     (tmp_path / "desc-lesion_dseg.tsv").write_text("index\tname\n1\tMS lesion\n")
     found = find_lesion_masks(tmp_path, "01", "1")
     assert found["space"] == "T1w" and found["lut"].endswith("desc-lesion_dseg.tsv")
+    (tmp_path / "desc-lesion_dseg.tsv").rename(tmp_path / "dseg.tsv")     # the dataset-level name
+    assert find_lesion_masks(tmp_path, "01", "1")["lut"] == str(tmp_path / "dseg.tsv")
+    (tmp_path / "dseg.tsv").rename(tmp_path / "desc-lesion_dseg.tsv")
     assert find_lesion_masks(tmp_path, "01", "2") is None and find_lesion_masks(tmp_path, "02") is None
     img.to_filename(anat / "sub-01_ses-1_space-FLAIR_label-lesion_mask.nii.gz")
     with pytest.raises(InputError, match="several lesion masks"):

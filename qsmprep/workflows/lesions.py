@@ -63,13 +63,14 @@ def find_lesion_masks(lesion_dir, subject, session=None):
     lut = None
     if "_dseg" in path.name:
         stem = path.name.split(".nii")[0]
-        for cand in [path.with_name(stem + ".tsv"), *[d / "desc-lesion_dseg.tsv" for d in path.parents],
-                     *[d / "dseg.tsv" for d in path.parents]]:
-            if cand.is_file():
-                lut = str(cand)
+        folders = []  # from the file's folder up to --lesion-dir, not above it
+        for d in path.parents:
+            folders.append(d)
+            if d == lesion_dir:
                 break
-            if cand.parent == lesion_dir.parent:
-                break
+        cands = [path.with_name(stem + ".tsv"), *[d / "desc-lesion_dseg.tsv" for d in folders],
+                 *[d / "dseg.tsv" for d in folders]]
+        lut = next((str(c) for c in cands if c.is_file()), None)
     return {"lesions": str(path), "lut": lut, "space": space}
 
 
