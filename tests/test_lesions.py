@@ -181,6 +181,11 @@ def test_options_come_from_the_signatures_and_are_checked():
         split_params({"outer": 4})
     assert parse_lesion_options(["outer_mm=4", "min-reference-voxels=20"]) == {"outer_mm": 4.0,
                                                                               "min_reference_voxels": 20}
+    from qsmprep.analysis.lesions import check_options
+
+    with pytest.raises(ValueError, match=r"default: one voxel, 5 mm here"):   # 5 mm slices, outer 5 mm
+        check_options({}, voxel_size=(1.0, 1.0, 5.0))
+    assert check_options({"outer_mm": 8}, voxel_size=(1.0, 1.0, 5.0)) == (5.0, 5.0)
     for bad, msg in (("outer=4", "KEY=VALUE"), ("outer_mm=x", "number"), ("gap_mm=6", "smaller than outer_mm"),
                      ("min_reference_voxels=2.5", "integer"), ("mixed_min=0.9", "mixed_min <= cortical_min")):
         with pytest.raises(InputError, match=msg):
@@ -310,6 +315,9 @@ def test_linear_fit_and_tube_table(tmp_path):
         read_tubes(tmp_path / "t.tsv")
     tubes = read_tubes(tmp_path / "t.tsv", label_map="labels.nii.gz")
     assert [t["concentration"] for t in tubes] == [0.0, 2.5] and tubes[0]["units"] == "mM"
+    (tmp_path / "one.tsv").write_text("tube\tconcentration\tlabel\nA\t2\t1\nB\t2\t2\n")
+    with pytest.raises(InputError, match="two different concentrations"):
+        read_tubes(tmp_path / "one.tsv", label_map="labels.nii.gz")
     (tmp_path / "bad.tsv").write_text("tube\tconcentration\tlabel\tlabel_map\nA\tlots\t1\tlabels.nii.gz\n")
     with pytest.raises(InputError, match="not a number"):
         read_tubes(tmp_path / "bad.tsv")
@@ -372,3 +380,24 @@ def test_lesions_matched_across_sessions_and_their_change():
     rows = lesion_change_rows("sub-1", "ses-1", "ses-2", [(3, 3, 10)], [], [], means_first=means_first,
                               means_later=means_later)
     assert rows[0]["pct_change"] == pytest.approx(100.0) and not rows[0]["flagged"] and "not flagged" in rows[0]["reason"]
+
+
+def test_lesion_masks_off_their_grid_or_too_coarse_voxels_are_refused(tmp_path):
+    """A mask not on the grid of its space's image would be misplaced silently; a 5 mm slice
+    leaves no reference within the default 5 mm: both are refused before processing."""
+    from types import SimpleNamespace
+
+    from qsmprep.workflows.lesions import check_lesion_input
+
+    t1w = tmp_path / "t1w.nii.gz"
+    nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)).to_filename(t1w)
+    mask = tmp_path / "mask.nii.gz"
+    nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.diag([2.0, 2.0, 2.0, 1.0])).to_filename(mask)
+    rec = SimpleNamespace(prefix="sub-01", t1w=str(t1w), voxel_size=(1.0, 1.0, 1.0))
+    found = {"lesions": str(mask), "space": "T1w"}
+    with pytest.raises(InputError, match="not on the grid of t1w.nii.gz"):
+        check_lesion_input(found, rec)
+    nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)).to_filename(mask)
+    check_lesion_input(found, rec)
+    with pytest.raises(InputError, match="set --lesion-options"):
+        check_lesion_input(found, SimpleNamespace(prefix="sub-01", t1w=str(t1w), voxel_size=(1.0, 1.0, 5.0)))

@@ -63,6 +63,8 @@ def read_tubes(path, label_map=None):
             if key in entry and not Path(entry[key]).is_file():
                 raise InputError(f"line {i}: {key} file does not exist", path=entry[key])
         out.append(entry)
+    if len({e["concentration"] for e in out}) < 2:
+        raise InputError("the tube table needs at least two different concentrations for a fit", path=path)
     if len({e["units"] for e in out}) > 1:
         raise InputError("the tubes' concentration_units differ; give all in one unit", path=path)
     return out

@@ -26,6 +26,7 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -166,8 +167,6 @@ def longitudinal_lesion_change(out_dir, bids_dir, work_dir, *, participant_label
             out = work_dir / f"{part}_ses-{ses}_lesions_in_ses-{ref_ses}_T1w.nii.gz"
             apply_transforms(str(lesion_map), str(ref_t1w), transforms, out, interpolation="nearestNeighbor",
                              dtype="int16", num_threads=num_threads)
-            import nibabel as nib
-
             maps[ses] = (np.asarray(nib.load(out).dataobj), pd.read_csv(path, sep="\t", na_values=["n/a"],
                                                                           keep_default_na=False))
         first_map, first_table = maps[ref_ses]

@@ -196,12 +196,8 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
     """
     vs = np.asarray(voxel_size, float)
     edge = float(vs.max())
-    gap = edge if gap_mm is None else float(gap_mm)
-    rim = edge if rim_mm is None else float(rim_mm)
-    if not 0.0 <= gap < float(outer_mm):
-        raise ValueError(f"need 0 <= gap_mm < outer_mm, got {gap}, {outer_mm}")
-    if rim <= 0:
-        raise ValueError(f"rim_mm must be positive, got {rim}")
+    gap, rim = check_options({"gap_mm": gap_mm, "outer_mm": outer_mm, "rim_mm": rim_mm, "cortical_min": cortical_min,
+                              "mixed_min": mixed_min}, voxel_size=vs)
     lesions = np.asarray(lesions)
     tissue = np.asarray(tissue)
     valid = np.ones(lesions.shape, bool) if mask is None else np.asarray(mask, bool)
@@ -300,6 +296,28 @@ def lesion_parameters():
             if p.kind is p.KEYWORD_ONLY and name not in skip:
                 out[name] = p.default
     return out
+
+
+def check_options(params, voxel_size=None):
+    """Refuse lesion options that cannot work together (``params`` over the signatures' defaults).
+
+    With ``voxel_size`` the one-voxel defaults of ``gap_mm`` and ``rim_mm`` are resolved (the
+    largest voxel edge) and checked too: 5 mm slices leave no reference within the default 5 mm.
+    Returns ``(gap_mm, rim_mm)`` as resolved (``None`` where they depend on an unknown voxel
+    size).  Raises ValueError naming the options.
+    """
+    p = {**lesion_parameters(), **params}
+    edge = float(np.max(voxel_size)) if voxel_size is not None else None
+    gap = p["gap_mm"] if p["gap_mm"] is not None else edge
+    rim = p["rim_mm"] if p["rim_mm"] is not None else edge
+    if gap is not None and not 0.0 <= float(gap) < float(p["outer_mm"]):
+        what = "gap_mm" if p["gap_mm"] is not None else f"gap_mm (default: one voxel, {gap:g} mm here)"
+        raise ValueError(f"{what} must be smaller than outer_mm ({p['outer_mm']:g})")
+    if not 0.0 <= p["mixed_min"] <= p["cortical_min"] <= 1.0:
+        raise ValueError(f"need 0 <= mixed_min <= cortical_min <= 1, got {p['mixed_min']}, {p['cortical_min']}")
+    if rim is not None and float(rim) <= 0:
+        raise ValueError(f"rim_mm must be positive, got {rim}")
+    return (None if gap is None else float(gap)), (None if rim is None else float(rim))
 
 
 def split_params(params):

@@ -124,7 +124,7 @@ def build_config(opts):
 def parse_lesion_options(items):
     """``["outer_mm=4", ...]`` → ``{"outer_mm": 4.0}``, checked against the lesion functions'
     signatures (names, and a number where the default is one)."""
-    from qsmprep.analysis.lesions import lesion_parameters
+    from qsmprep.analysis.lesions import check_options, lesion_parameters
 
     known = lesion_parameters()
     out = {}
@@ -144,15 +144,10 @@ def parse_lesion_options(items):
                 raise InputError(f"--lesion-options: {key} must be an integer, got {value!r}")
             val = int(val)
         out[key] = val
-    merged = {**known, **out}
-    outer, gap = merged["outer_mm"], merged["gap_mm"]
-    if gap is not None and gap >= outer:
-        raise InputError(f"--lesion-options: gap_mm ({gap}) must be smaller than outer_mm ({outer})")
-    if not merged["mixed_min"] <= merged["cortical_min"] <= 1:
-        raise InputError(f"--lesion-options: need mixed_min <= cortical_min <= 1, got {merged['mixed_min']}, "
-                         f"{merged['cortical_min']}")
-    if merged["rim_mm"] == 0:
-        raise InputError("--lesion-options: rim_mm must be positive")
+    try:
+        check_options(out)
+    except ValueError as exc:
+        raise InputError(f"--lesion-options: {exc}") from None
     return out
 
 

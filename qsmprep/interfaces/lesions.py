@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from qsmprep.analysis.lesions import LESION_COLUMNS, TISSUE_CODES, label_lesions, lesion_statistics, tissue_from_labels
+from qsmprep.analysis.lesions import (
+    LESION_COLUMNS, TISSUE_CODES, label_lesions, lesion_parameters, lesion_statistics, tissue_from_labels,
+)
 from qsmprep.analysis.roi import read_lut, write_roistats
 from qsmprep.interfaces.base import jsonable, load, load_mask, voxel_size_of
 
@@ -109,7 +111,7 @@ class LesionStats(SimpleInterface):
         write_roistats([{c: r[c] for c in columns} for r in rows] if rows else [], out_tsv, columns=columns)
         lesions_gre = os.path.join(runtime.cwd, "lesions_gre.nii.gz")
         nib.Nifti1Image(lesions.astype(np.int16), chi_img.affine).to_filename(lesions_gre)
-        params.update({"MinDiameterMM": float(label_kw.get("min_diameter_mm", _default("min_diameter_mm")))})
+        params["MinDiameterMM"] = float(label_kw.get("min_diameter_mm", lesion_parameters()["min_diameter_mm"]))
         info = {
             "LesionParameters": params, "LesionCount": int(lesions.max(initial=0)),
             "LesionsDroppedSmall": int(n_small),
@@ -125,12 +127,6 @@ class LesionStats(SimpleInterface):
         self._results.update({"out_tsv": out_tsv, "out_json": out_json, "lesions_gre": lesions_gre,
                               "info": jsonable(info)})
         return runtime
-
-
-def _default(name):
-    import inspect
-
-    return inspect.signature(label_lesions).parameters[name].default
 
 
 _COLUMN_DOCS = {

@@ -297,7 +297,7 @@ def _resolve_anat(anat, records, bids_dir=None):
                 out["segmentations"][(rec.subject, rec.session)] = find_segmentation(
                     anat.segmentation_dir, rec.subject, rec.session)
     if getattr(anat, "lesion_dir", None):
-        from qsmprep.workflows.lesions import find_lesion_masks, find_space_image
+        from qsmprep.workflows.lesions import check_lesion_input, find_lesion_masks, find_space_image
 
         for rec in records:
             if not rec.t1w:
@@ -308,6 +308,7 @@ def _resolve_anat(anat, records, bids_dir=None):
                 continue
             if found["space"] != "T1w":
                 found["space_image"] = find_space_image(bids_dir, rec, found["space"])
+            check_lesion_input(found, rec, getattr(anat, "lesion_options", {}))
             out["lesions"][(rec.subject, rec.session)] = found
     return out
 

@@ -74,6 +74,29 @@ def find_lesion_masks(lesion_dir, subject, session=None):
     return {"lesions": str(path), "lut": lut, "space": space}
 
 
+def check_lesion_input(found, rec, options=None):
+    """Refuse, before processing, a lesion mask that is not on the grid of the image of its space
+    (the session's T1w, or its FLAIR/T2w) and options that cannot work on this acquisition's
+    voxels; both would otherwise give a silently misplaced or failed lesion table."""
+    import nibabel as nib
+    import numpy as np
+
+    from qsmprep.analysis.lesions import check_options
+
+    reference = rec.t1w if found["space"] == "T1w" else found["space_image"]
+    img, ref = nib.load(found["lesions"]), nib.load(reference)
+    if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+        raise InputError(f"{rec.prefix}: the lesion mask (shape {img.shape[:3]}) is not on the grid of "
+                         f"{Path(reference).name} (shape {ref.shape[:3]}), the image of its space ({found['space']}); "
+                         "give it in that image's grid, or name its space with space-FLAIR / space-T2w",
+                         path=found["lesions"])
+    try:
+        check_options(options or {}, voxel_size=rec.voxel_size or None)
+    except ValueError as exc:
+        raise InputError(f"{rec.prefix} (voxels {tuple(rec.voxel_size)} mm): {exc}; set --lesion-options",
+                         path=found["lesions"]) from None
+
+
 def find_space_image(bids_dir, rec, space):
     """The raw FLAIR / T2w of ``rec``'s session that a ``space-<space>`` lesion mask was drawn on."""
     folder = Path(bids_dir) / f"sub-{rec.subject}"
