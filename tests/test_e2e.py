@@ -345,3 +345,15 @@ def test_lesion_table_of_the_demo(demo):
             gre = np.array([float(r[f"centroid_gre_{a}"]) for a in "xyz"])
             t1w = np.array([float(r[f"centroid_t1w_{a}"]) for a in "xyz"])
             assert np.linalg.norm(gre - t1w) < 3.0, r["lesion_id"]
+        # the reference regions are written: each lesion's count is its n_reference (whole lesions;
+        # overlapping references keep the lower id, so a later lesion may count fewer there)
+        reference = np.asarray(nib.load(anat / f"{stem}_desc-lesionreference_dseg.nii.gz").dataobj)
+        assert reference.shape == numbered.shape and not ((reference > 0) & (numbered > 0)).any()
+        n_ref = {}
+        for r in rows:
+            n_ref[int(r["lesion_id"])] = n_ref.get(int(r["lesion_id"]), 0) + int(r["n_reference"])
+        drawn = np.bincount(reference.ravel().astype(int), minlength=15)
+        assert drawn[1] == n_ref[1] > 0 and all(drawn[i] <= n_ref[i] for i in n_ref), (drawn, n_ref)
+        # the report shows the lesion table and the panels (outline + reference)
+        html = (demo / "derivatives" / "qsmprep" / f"sub-{sub}.html").read_text()
+        assert "Lesions (14)" in html and "desc-lesionreference_dseg" in html and "rim_minus_core" in html

@@ -55,7 +55,7 @@ CLASSES = ("wm", "cortical", "mixed", "other")
 #: tissue label-name rules (regular expressions on the lower-case name, first match wins);
 #: FreeSurfer aseg/aparc, FastSurfer, sMRIPrep dseg (GM/WM/CSF) and plain names
 _TISSUE_RULES = (
-    ("vessel", r"vessel|vein|sinus|artery"),
+    ("vessel", r"vessel|vein|sinus|artery|^blood$"),
     ("wm", r"white|^wm$|(^|[-_ ])wm([-_ ]|$)|wm-hypointens|corpus.?callosum|^cc[_ ]|optic.?chiasm|brain.?stem"),
     ("csf", r"csf|ventric|choroid|^3rd|^4th|^5th"),
     ("cortex", r"cortex|cortical|^ctx|grey.?matter|gray.?matter|^gm$|(^|[-_ ])gm([-_ ]|$)"),
@@ -150,7 +150,7 @@ def _fill_unclassified(tissue, lesion, brain):
 def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, mask=None, to_t1w=None,
                       source_labels=None, gap_mm=None, outer_mm=5.0, min_reference_voxels=10,
                       cortical_min=0.75, mixed_min=0.25, vessel_chi_ppm=0.1, rim_mm=None,
-                      rim_threshold_ppm=0.01):
+                      rim_threshold_ppm=0.01, reference_out=None):
     """Per-lesion (per-portion) χ and R2* against normal-appearing tissue (see module notes).
 
     Parameters
@@ -187,6 +187,11 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
         Depth of the rim shell; default one voxel (the largest voxel edge).
     rim_threshold_ppm : float
         ``rim_candidate`` threshold of ``rim_minus_core``.
+    reference_out : ndarray of int, optional
+        Same shape as ``lesions``; filled in place with each lesion's id on the reference voxels
+        it used (both portions of a mixed lesion), for the report's overlays and the
+        ``desc-lesionreference_dseg`` output.  Where two lesions' references overlap the voxel
+        keeps the lower id.
 
     Returns
     -------
@@ -247,6 +252,9 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
                 med = float(np.median(c_box[cand]))
                 vessel = cand & (c_box > med + float(vessel_chi_ppm))
             ref = cand & ~vessel
+            if reference_out is not None:
+                r_out = reference_out[box]
+                r_out[ref & (r_out == 0)] = lid
             used = part & v_box
             chi_l, chi_l_med, chi_l_sd = _stats(c_box[used])
             chi_r, chi_r_med, chi_r_sd = _stats(c_box[ref])
@@ -291,7 +299,8 @@ def lesion_parameters():
     import inspect
 
     out = {}
-    for func, skip in ((label_lesions, ()), (lesion_statistics, ("r2star", "mask", "to_t1w", "source_labels"))):
+    internal = ("r2star", "mask", "to_t1w", "source_labels", "reference_out")
+    for func, skip in ((label_lesions, ()), (lesion_statistics, internal)):
         for name, p in inspect.signature(func).parameters.items():
             if p.kind is p.KEYWORD_ONLY and name not in skip:
                 out[name] = p.default

@@ -70,6 +70,7 @@ class _LesionStatsOutputSpec(TraitedSpec):
     out_tsv = File(exists=True, desc="per-lesion table")
     out_json = File(exists=True, desc="its sidecar")
     lesions_gre = File(exists=True, desc="numbered lesions (lesion_id) on the GRE grid")
+    reference_gre = File(exists=True, desc="each lesion's reference voxels, labelled with its lesion_id")
     info = traits.Dict(desc="the sidecar as a dictionary")
 
 
@@ -97,10 +98,11 @@ class LesionStats(SimpleInterface):
             from qsmprep.anat.transforms import read_affine
 
             to_t1w = read_affine(inp.to_t1w)
+        reference = np.zeros(chi.shape, np.int32)
         rows, params = lesion_statistics(
             chi, lesions, tissue, vs, chi_img.affine, r2star=load(inp.r2star)[0] if isdefined(inp.r2star) else None,
             mask=load_mask(inp.mask) if isdefined(inp.mask) else None, to_t1w=to_t1w, source_labels=sources,
-            **stats_kw)
+            reference_out=reference, **stats_kw)
         names = read_lut(inp.lesion_lut) if isdefined(inp.lesion_lut) else {}
         for row in rows:
             row["input_name"] = names.get(row["input_label"], ("lesion", ""))[0]
@@ -111,6 +113,8 @@ class LesionStats(SimpleInterface):
         write_roistats([{c: r[c] for c in columns} for r in rows] if rows else [], out_tsv, columns=columns)
         lesions_gre = os.path.join(runtime.cwd, "lesions_gre.nii.gz")
         nib.Nifti1Image(lesions.astype(np.int16), chi_img.affine).to_filename(lesions_gre)
+        reference_gre = os.path.join(runtime.cwd, "lesion_reference_gre.nii.gz")
+        nib.Nifti1Image(reference.astype(np.int16), chi_img.affine).to_filename(reference_gre)
         params["MinDiameterMM"] = float(label_kw.get("min_diameter_mm", lesion_parameters()["min_diameter_mm"]))
         info = {
             "LesionParameters": params, "LesionCount": int(lesions.max(initial=0)),
@@ -125,7 +129,7 @@ class LesionStats(SimpleInterface):
         with open(out_json, "w") as fh:
             json.dump(jsonable(info), fh, indent=2, sort_keys=True)
         self._results.update({"out_tsv": out_tsv, "out_json": out_json, "lesions_gre": lesions_gre,
-                              "info": jsonable(info)})
+                              "reference_gre": reference_gre, "info": jsonable(info)})
         return runtime
 
 

@@ -6,7 +6,8 @@ passed), then per acquisition a pass/warn/fail badge, the warnings, the phase un
 metrics of ``<prefix>_desc-qc_metrics.json``.  Then, for each acquisition: mosaics of χ (fixed
 window, colour bar), the echo-averaged magnitude with the brain-mask contour, the local field
 and R2*; a registration check (edges of the T1w, brought into the GRE grid through the saved
-``from-T1w_to-GRE`` transform, over the GRE magnitude); the ROI tables.  Mosaics are drawn in
+``from-T1w_to-GRE`` transform, over the GRE magnitude); the ROI tables; with ``--lesion-dir``
+the lesion table and a panel per lesion (χ, the lesion's outline and its reference region).  Mosaics are drawn in
 neurological convention with orientation letters on every panel (:mod:`qsmprep.reports.figures`).
 Then the resolved configuration, software versions and every crash file the run left for this
 participant.  The page is self-contained (figures inlined).
@@ -121,6 +122,50 @@ def _roi_tables(out_dir, rec):
     return "".join(parts)
 
 
+#: columns of the report's lesion table (the TSV has them all)
+LESION_REPORT_COLUMNS = ("lesion_id", "input_name", "portion", "class", "volume_mm3", "chi_mean", "chi_ref_mean",
+                         "chi_relative", "r2star_relative", "rim_minus_core", "rim_candidate", "n_reference", "reason")
+
+
+def lesion_section(out_dir, rec, fig_dir):
+    """The lesion table of one acquisition and a panel per lesion (χ with the lesion's outline and
+    its reference region, :func:`qsmprep.reports.figures.lesion_panels`); ``""`` without one."""
+    import pandas as pd
+
+    from qsmprep.bids import derivative_path
+
+    tsv = derivative_path(out_dir, rec.entities, "lesionstats", desc="lesions", extension=".tsv")
+    if not tsv.is_file():
+        return ""
+    df = pd.read_csv(tsv, sep="\t", na_values=["n/a"], keep_default_na=False)
+    parts = [f"<h3>Lesions ({df['lesion_id'].nunique()})</h3>"]
+    chi_img = _load(derivative_path(out_dir, rec.entities, "Chimap"))
+    les_img = _load(derivative_path(out_dir, rec.entities, "dseg", desc="lesions"))
+    ref_img = _load(derivative_path(out_dir, rec.entities, "dseg", desc="lesionreference"))
+    if chi_img is not None and les_img is not None and ref_img is not None and len(df):
+        try:
+            chi, zooms, affine = figures.canonical_with_affine(chi_img)
+            les = np.rint(figures.canonical(les_img)[0]).astype(int)
+            ref = np.rint(figures.canonical(ref_img)[0]).astype(int)
+            first = df.drop_duplicates("lesion_id").set_index("lesion_id")
+            labels = {int(i): f"{r['input_name']}, {r['class']}" for i, r in first.iterrows()}
+            ids = sorted(labels, key=lambda i: -float(first.loc[i, "volume_mm3"]))
+            png = figures.lesion_panels(fig_dir / f"{rec.prefix}_desc-lesions_panels.png", chi, les, ref, zooms,
+                                        lesion_ids=ids, labels=labels, affine=affine)
+            if png:
+                shown = min(len(ids), figures.MAX_LESION_PANELS)
+                parts.append(img(png, "lesions", f"The {shown} largest of {len(ids)} lesion(s), each on the axial "
+                                 "slice holding most of it: χ (window "
+                                 f"{figures.CHI_WINDOW[0]} to {figures.CHI_WINDOW[1]} ppm), red the lesion, cyan the "
+                                 "normal-appearing tissue it is measured against (desc-lesionreference_dseg), yellow "
+                                 f"other lesions. {figures.CONVENTION}"))
+        except Exception as exc:  # noqa: BLE001 - a figure must never hide the rest of the report
+            LOGGER.warning("%s: lesion figure failed: %s", rec.prefix, exc)
+    parts.append(f"<p class=\"caption\">{esc(tsv.name)}: relative χ = lesion − reference mean (ppm); "
+                 "all columns in the TSV.</p>" + table(df, [c for c in LESION_REPORT_COLUMNS if c in df]))
+    return "".join(parts)
+
+
 def _crash_files(out_dir, subject, run_uuid):
     found = []
     folders = [Path(out_dir) / f"sub-{subject}" / "log" / run_uuid, Path(out_dir) / "log" / run_uuid]
@@ -169,6 +214,7 @@ def write_subject_report(out_dir, subject, records, config, run_uuid):
         rois = _roi_tables(out_dir, rec)
         if rois:
             body.append("<h3>ROI statistics</h3>" + rois)
+        body.append(lesion_section(out_dir, rec, fig_dir))
     body.append("<h2 id=\"errors\">Errors</h2>")
     if crashes:
         for crash, text in crashes:

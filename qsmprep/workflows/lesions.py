@@ -28,7 +28,7 @@ from qsmprep.interfaces.registration import ApplyTransforms, RegisterToGRE
 
 LESION_INPUTS = ["chi", "r2star", "mask", "average", "lesions", "lesion_lut", "space_image", "segmentation",
                  "seg_lut", "t1w_brain", "t1w_mask", "xfm_t1w2gre"]
-LESION_OUTPUTS = ["lesions_gre", "lesionstats", "lesionstats_json", "info"]
+LESION_OUTPUTS = ["lesions_gre", "reference_gre", "lesionstats", "lesionstats_json", "info"]
 #: ``space-`` entities of lesion masks that are registered from a raw image of the session
 IMAGE_SPACES = ("FLAIR", "T2w")
 
@@ -128,6 +128,7 @@ def init_lesion_wf(*, space="T1w", tissue_source="segmentation", has_r2star=True
         Options of :func:`qsmprep.analysis.lesions.label_lesions` / ``lesion_statistics``.
     output_dir, entities, sources, common_meta : optional
         Write ``desc-lesions_dseg.nii.gz`` (numbered lesions, GRE space),
+        ``desc-lesionreference_dseg.nii.gz`` (each lesion's reference voxels, its id),
         ``desc-lesions_lesionstats.tsv`` and its JSON sidecar.
     """
     if space not in ("T1w", *IMAGE_SPACES):
@@ -169,7 +170,8 @@ def init_lesion_wf(*, space="T1w", tissue_source="segmentation", has_r2star=True
         (meta, stats, [("meta", "meta")]),
         (inputnode, stats, [("chi", "chi"), ("mask", "mask"), ("lesion_lut", "lesion_lut"),
                             ("xfm_t1w2gre", "to_t1w")]),
-        (stats, outputnode, [("lesions_gre", "lesions_gre"), ("out_tsv", "lesionstats"),
+        (stats, outputnode, [("lesions_gre", "lesions_gre"), ("reference_gre", "reference_gre"),
+                             ("out_tsv", "lesionstats"),
                              ("out_json", "lesionstats_json"), ("info", "info")]),
     ])
     if has_r2star:
@@ -180,14 +182,18 @@ def init_lesion_wf(*, space="T1w", tissue_source="segmentation", has_r2star=True
         srcs = list(sources or [])
         sinks = [
             ("ds_lesions", "dseg", ".nii.gz", "lesions_gre", dict(common_meta or {}, Description="numbered lesions "
-             "(lesion_id of desc-lesions_lesionstats.tsv) on the GRE grid")),
-            ("ds_lesionstats", "lesionstats", ".tsv", "lesionstats", None),
-            ("ds_lesionstats_json", "lesionstats", ".json", "lesionstats_json", None),
+             "(lesion_id of desc-lesions_lesionstats.tsv) on the GRE grid"), "lesions"),
+            ("ds_lesionreference", "dseg", ".nii.gz", "reference_gre", dict(
+                common_meta or {}, Description="each lesion's reference region (normal-appearing tissue of its "
+                "class, vessels and other lesions removed), labelled with its lesion_id; where references overlap, "
+                "the lower id"), "lesionreference"),
+            ("ds_lesionstats", "lesionstats", ".tsv", "lesionstats", None, "lesions"),
+            ("ds_lesionstats_json", "lesionstats", ".json", "lesionstats_json", None, "lesions"),
         ]
-        for node_name, suffix, ext, field, node_meta in sinks:
+        for node_name, suffix, ext, field, node_meta, desc in sinks:
             kwargs = {"meta": node_meta} if node_meta else {}
             sink = pe.Node(DerivativesSink(out_dir=str(output_dir), entities=dict(entities), suffix=suffix,
-                                           desc="lesions", extension=ext, sources=srcs, **kwargs),
+                                           desc=desc, extension=ext, sources=srcs, **kwargs),
                            name=node_name, run_without_submitting=True)
             workflow.connect([(outputnode, sink, [(field, "in_file")])])
     return workflow
