@@ -444,3 +444,44 @@ def test_group_report_renders_in_headless_browser(cohort, tmp_path):
 
     gdir = run_group(bids, out)
     assert screenshot_variance(gdir / "group.html", tmp_path) > 1e-3
+
+
+def test_calibration_factors_scale_every_chi_value_per_site(cohort, capsys):
+    """``group --calibration``: each scan's χ values (ROI rows of map chi, voxel-wise RMSE) are
+    multiplied by its site's factor, R2* rows are not; a site without a factor stops the run."""
+    bids, out = cohort
+    assert main([str(bids), str(out), "group"]) == 0
+    plain = pd.read_csv(out / "group" / "roistats_long.tsv", sep="\t", na_values=["n/a"])
+    plain_vox = pd.read_csv(out / "group" / "voxelwise_agreement.tsv", sep="\t")
+    factors = {"siteA": 1.0, "siteB": 0.5, "siteC": 2.0}
+    table = out.parent / "calibration.tsv"
+    table.write_text("site\tcalibration_factor\n" + "".join(f"{s}\t{f}\n" for s, f in factors.items()))
+    assert main([str(bids), str(out), "group", "--calibration", str(table)]) == 0, capsys.readouterr().err
+    cal = pd.read_csv(out / "group" / "roistats_long.tsv", sep="\t", na_values=["n/a"])
+    key = ["scan", "label", "map"]
+    both = plain.merge(cal, on=key, suffixes=("", "_cal"))
+    assert len(both) == len(plain)
+    f = both["site"].map(factors)
+    chi = both["map"] == "chi"
+    for col in ("mean", "median", "std", "mass"):
+        assert np.allclose(both.loc[chi, f"{col}_cal"], both.loc[chi, col] * f[chi], equal_nan=True), col
+        assert np.allclose(both.loc[~chi, f"{col}_cal"], both.loc[~chi, col], equal_nan=True), col
+    assert np.allclose(both.loc[chi, "calibration_factor"], f[chi]) and both.loc[~chi, "calibration_factor"].isna().all()
+    # sub-01 ses-A (siteA, 1.0) vs ses-B (siteB, 0.5): B's noise SD 0.02 becomes ~0.01 beside A's halved signal
+    vox = pd.read_csv(out / "group" / "voxelwise_agreement.tsv", sep="\t").set_index(["first", "second"])
+    ab = ("sub-01_ses-A", "sub-01_ses-B")
+    assert vox.loc[ab, "rmse"] != pytest.approx(plain_vox.set_index(["first", "second"]).loc[ab, "rmse"])
+    html = (out / "group" / "group.html").read_text()
+    assert "id=\"calibration\"" in html and "0.5000" in html
+    # a site without a factor: exit 2 naming it
+    table.write_text("site\tcalibration_factor\nsiteA\t1.0\nsiteB\t0.5\n")
+    assert main([str(bids), str(out), "group", "--calibration", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert "siteC" in err and "calibration.tsv" in err
+    table.write_text("site\tcalibration_factor\nsiteA\t-1\n")
+    assert main([str(bids), str(out), "group", "--calibration", str(table)]) == 2
+    assert "positive calibration_factor" in capsys.readouterr().err
+    # the participant level refuses it (the derivatives stay on their own scale)
+    with pytest.raises(SystemExit) as exc:
+        main([str(bids), str(out), "participant", "--calibration", str(table)])
+    assert exc.value.code == 2

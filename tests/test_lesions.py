@@ -77,7 +77,9 @@ def test_reference_shell_gap_outer_distance_and_exclusions(slab):
     dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(shape), (14, 14, 14))))
     # a marker χ by distance from the lesion tells which voxels made the reference
     chi = np.where(les, 0.1, -0.03).astype(np.float32)
-    rows, _ = lesion_statistics(chi, lesions, tissue, VS, np.eye(4), gap_mm=1.0, outer_mm=5.0)
+    reference = np.zeros(shape, np.int32)
+    rows, _ = lesion_statistics(chi, lesions, tissue, VS, np.eye(4), gap_mm=1.0, outer_mm=5.0,
+                                reference_out=reference)
     ref_n = _row(rows, 1)["n_reference"]
     from scipy import ndimage
 
@@ -85,6 +87,10 @@ def test_reference_shell_gap_outer_distance_and_exclusions(slab):
     near_other = ndimage.distance_transform_edt(~other) <= 1.0
     expected = (d > 1.0) & (d <= 5.0) & ~other & ~near_other
     assert ref_n == int(expected.sum()) and ref_n > 100
+    # the reference map (report overlays, desc-lesionreference_dseg) holds exactly those voxels;
+    # lesion 2's own reference keeps what lesion 1 did not take
+    assert np.array_equal(reference == 1, expected)
+    assert 0 < int((reference == 2).sum()) <= _row(rows, 2)["n_reference"]
     assert dist[les].max() <= 3
     # too few reference voxels: reported, without relative values
     rows, _ = lesion_statistics(chi, lesions, tissue, VS, np.eye(4), min_reference_voxels=10 ** 6)
@@ -289,6 +295,32 @@ def test_group_t_tests_and_bonferroni_against_hand_computed_values():
     assert out.loc[("MS lesion", "cortical", "participant"), "t"] == pytest.approx(t)
     hae = out.loc[("haemorrhage", "wm", "lesion")]
     assert hae["n"] == 2 and hae["m_tests"] == 2     # its own family: 1 type x 2 levels
+
+
+def test_site_calibration_scales_the_lesion_statistics():
+    """A per-site factor multiplies every χ column of the lesion tables, so relative χ and its
+    group mean scale with it, while its t statistic (scale-free) does not change."""
+    from qsmprep.analysis.calibration import CALIBRATED_LESION_COLUMNS, calibrate_table, scan_factors
+    from qsmprep.analysis.lesion_group import lesion_group_stats
+    from qsmprep.errors import InputError
+
+    table = _table([["sub-1", "sub-1", i, "MS lesion", "wm", "whole", 100.0, v] for i, v in enumerate((0.01, 0.03, 0.02), 1)]
+                   + [["sub-2", "sub-2", i, "MS lesion", "wm", "whole", 100.0, v] for i, v in enumerate((0.0, 0.015), 1)])
+    table["chi_mean"] = table["chi_relative"] + 0.05
+    table["rim_candidate"] = False
+    factors = scan_factors({"sub-1": "siteA", "sub-2": "siteB"}, {"siteA": 1.0, "siteB": 1.2})
+    cal = calibrate_table(table, factors, CALIBRATED_LESION_COLUMNS)
+    f = table["scan"].map({"sub-1": 1.0, "sub-2": 1.2})
+    assert np.allclose(cal["chi_relative"], table["chi_relative"] * f)
+    assert np.allclose(cal["chi_mean"], table["chi_mean"] * f) and np.allclose(cal["calibration_factor"], f)
+    assert (cal["rim_candidate"] == table["rim_candidate"]).all()
+    one = {"sub-1": 1.3, "sub-2": 1.3}
+    s0 = lesion_group_stats(table).set_index("level")
+    s1 = lesion_group_stats(calibrate_table(table, one, CALIBRATED_LESION_COLUMNS)).set_index("level")
+    assert s1.loc["lesion", "mean"] == pytest.approx(1.3 * s0.loc["lesion", "mean"])
+    assert s1.loc["lesion", "t"] == pytest.approx(s0.loc["lesion", "t"])
+    with pytest.raises(InputError, match="siteB"):
+        scan_factors({"sub-1": "siteA", "sub-2": "siteB"}, {"siteA": 1.0})
 
 
 def test_linear_fit_and_tube_table(tmp_path):

@@ -127,3 +127,71 @@ def calibration_factor(measured_slope, reference_slope):
     if not measured_slope or not math.isfinite(measured_slope):
         raise ValueError(f"cannot calibrate with a measured slope of {measured_slope}")
     return float(reference_slope) / float(measured_slope)
+
+
+# --- the cohort side: per-site factors applied at the group level -------------------------------
+
+#: ROI-table statistics that scale with χ (rows of the ``chi`` map only: R2*, T2* and the
+#: χ-separation maps are not what a tube phantom's QSM slope measures)
+CALIBRATED_ROI_STATS = ("mean", "median", "std", "iqr", "p5", "p95", "mass")
+#: lesion-table columns that scale with χ (``rim_candidate`` keeps the participant level's call)
+CALIBRATED_LESION_COLUMNS = ("chi_mean", "chi_median", "chi_std", "chi_ref_mean", "chi_ref_median", "chi_ref_std",
+                             "chi_relative", "rim_chi_mean", "core_chi_mean", "rim_minus_core")
+
+
+def read_site_factors(path):
+    """``{site: factor}`` from a TSV with columns ``site`` and ``calibration_factor``.
+
+    The factor is a site's ``reference slope / measured slope`` (``qsmprep calibrate
+    --reference-slope``); sites are matched to the scans' ``site`` as the group level reads it
+    (``sessions.tsv``, ``participants.tsv``, else the GRE sidecar's ``InstitutionName``).
+    """
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.open(newline=""), delimiter="\t"))
+    except OSError as exc:
+        raise InputError(f"cannot read the calibration table: {exc.strerror}", path=path) from None
+    if not rows or not {"site", "calibration_factor"} <= set(rows[0]):
+        raise InputError("the calibration table needs rows and the tab-separated columns site and "
+                         "calibration_factor", path=path)
+    out = {}
+    for i, row in enumerate(rows, start=2):
+        site = (row["site"] or "").strip()
+        try:
+            factor = float(row["calibration_factor"])
+        except (TypeError, ValueError):
+            factor = math.nan
+        if not site or not math.isfinite(factor) or factor <= 0:
+            raise InputError(f"line {i}: need a site name and a positive calibration_factor, got "
+                             f"{row['site']!r}, {row['calibration_factor']!r}", path=path)
+        if site in out:
+            raise InputError(f"line {i}: site {site!r} is listed twice", path=path)
+        out[site] = factor
+    return out
+
+
+def scan_factors(scan_sites, site_factors, path=None):
+    """``{scan: factor}`` for ``{scan: site}``; a scan whose site has no factor is refused (a
+    cohort half calibrated would be compared with itself on two scales)."""
+    missing = sorted({str(site) for site in scan_sites.values() if str(site) not in site_factors})
+    if missing:
+        raise InputError(f"no calibration_factor for site(s) {', '.join(missing)} (scans' sites come from "
+                         f"sessions.tsv / participants.tsv 'site', else InstitutionName); the table has "
+                         f"{', '.join(sorted(site_factors))}", path=path)
+    return {scan: site_factors[str(site)] for scan, site in scan_sites.items()}
+
+
+def calibrate_table(df, factors, columns, *, rows=None):
+    """A copy of ``df`` with ``columns`` multiplied by its scan's factor (``factors``: ``{scan:
+    factor}``, matched on the ``scan`` column) where ``rows`` (a boolean Series, default all) is
+    true, and a ``calibration_factor`` column (NaN on rows left as they were)."""
+    out = df.copy()
+    sel = np.ones(len(out), bool) if rows is None else np.asarray(rows, bool)
+    factor = out["scan"].map(factors).astype(float).to_numpy()
+    factor = np.where(sel, factor, np.nan)
+    for col in columns:
+        if col in out:
+            vals = out[col].astype(float).to_numpy()
+            out[col] = np.where(sel, vals * factor, vals)
+    out["calibration_factor"] = factor
+    return out

@@ -130,9 +130,10 @@ def _t1w_of(bids_dir, participant, session):
 
 
 def longitudinal_lesion_change(out_dir, bids_dir, work_dir, *, participant_label=None, threshold_pct=6.0,
-                               min_chi_ppm=0.05, num_threads=1):
+                               min_chi_ppm=0.05, num_threads=1, factors=None):
     """``lesion_change.tsv`` rows of every participant with lesion tables in two or more
-    sessions (see module notes); ``work_dir`` holds the registrations."""
+    sessions (see module notes); ``work_dir`` holds the registrations.  ``factors``:
+    ``{scan: calibration factor}`` applied to each session's lesional χ (sessions at two sites)."""
     from qsmprep.analysis.lesion_group import find_lesion_tables
     from qsmprep.anat.registration import apply_transforms, register
 
@@ -167,8 +168,10 @@ def longitudinal_lesion_change(out_dir, bids_dir, work_dir, *, participant_label
             out = work_dir / f"{part}_ses-{ses}_lesions_in_ses-{ref_ses}_T1w.nii.gz"
             apply_transforms(str(lesion_map), str(ref_t1w), transforms, out, interpolation="nearestNeighbor",
                              dtype="int16", num_threads=num_threads)
-            maps[ses] = (np.asarray(nib.load(out).dataobj), pd.read_csv(path, sep="\t", na_values=["n/a"],
-                                                                          keep_default_na=False))
+            table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+            if factors:
+                table["chi_mean"] = table["chi_mean"].astype(float) * factors[prefix]
+            maps[ses] = (np.asarray(nib.load(out).dataobj), table)
         first_map, first_table = maps[ref_ses]
         for ses, _ in scans[1:]:
             later_map, later_table = maps[ses]

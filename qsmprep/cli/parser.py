@@ -150,6 +150,12 @@ def get_parser():
     g_out.add_argument("--dicom-export", action="store_true",
                        help="also write chi, R2* and T2* as DICOM series (PACS) under "
                             "sub-<L>[/ses-<S>]/dicom/<map>/, values in ppm, 1/s and s through the rescale slope")
+    g_grp = parser.add_argument_group("Group level")
+    g_grp.add_argument("--calibration", type=_existing_file, metavar="TSV",
+                       help="per-site calibration factors (columns site, calibration_factor = reference / "
+                            "measured tube-phantom slope from `qsmprep calibrate`): every chi value of the group "
+                            "tables is multiplied by its scan's site factor; a scan whose site is missing stops "
+                            "the run")
     g_mask = parser.add_argument_group("Masks")
     g_mask.add_argument("--mask", type=_existing_file, metavar="FILE",
                         help="brain mask (NIfTI in the GRE grid) to use instead of computing one; "

@@ -353,10 +353,13 @@ def _main(argv):
 
         check_paths(opts.bids_dir, opts.output_dir, opts.work_dir or Path.cwd() / "work")
         _CRASH_DIRS[:] = [Path(opts.output_dir).absolute() / "log"]
-        gdir = run_group(opts.bids_dir, opts.output_dir, opts.participant_label)
+        gdir = run_group(opts.bids_dir, opts.output_dir, opts.participant_label, calibration=opts.calibration)
         if opts.verbosity >= 0:
             print(f"qsmprep group level finished; tables and report in {gdir}")
         return 0
+    if opts.calibration is not None:
+        get_parser().error("--calibration applies to the group level (qsmprep BIDS_DIR OUT_DIR group "
+                           "--calibration TSV); the participant derivatives stay uncalibrated")
     config = build_config(opts)
     records = run_participant(config)
     if opts.verbosity >= 0:

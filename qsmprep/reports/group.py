@@ -72,8 +72,9 @@ def _space_order(space):
     return (space == "T1w", space)  # template spaces first: they align every session by design
 
 
-def voxelwise_pairs(out_dir, long, radius_mm=3.0):
-    """RMSE/SSIM of the coregistered χ maps of every scan pair; searchlight maps written."""
+def voxelwise_pairs(out_dir, long, radius_mm=3.0, factors=None):
+    """RMSE/SSIM of the coregistered χ maps of every scan pair; searchlight maps written.
+    ``factors``: ``{scan: calibration factor}`` applied to each map first."""
     import nibabel as nib
     import pandas as pd
 
@@ -98,8 +99,8 @@ def voxelwise_pairs(out_dir, long, radius_mm=3.0):
             rows.append(row)
             continue
         space, ia, ib = chosen
-        a = np.asarray(ia.dataobj, np.float32)
-        b = np.asarray(ib.dataobj, np.float32)
+        a = np.asarray(ia.dataobj, np.float32) * np.float32((factors or {}).get(scan_a, 1.0))
+        b = np.asarray(ib.dataobj, np.float32) * np.float32((factors or {}).get(scan_b, 1.0))
         mask = (a != 0) & (b != 0) & np.isfinite(a) & np.isfinite(b)
         for scan, maps in ((scan_a, maps_a), (scan_b, maps_b)):
             mpath = maps[space].with_name(f"{scan}_space-{space}_desc-brain_mask.nii.gz")
@@ -231,7 +232,30 @@ _TABLES = (
 )
 
 
-def _lesion_section(out_dir, gdir, participant_label, bids_dir=None):
+def _scan_sites(out_dir, bids_dir, table):
+    """``{scan: site}`` of the scans of a table with participant_id, session and scan columns."""
+    firsts = table.drop_duplicates("scan")
+    return {r["scan"]: str(gstats.scan_metadata(bids_dir, out_dir, {"participant_id": r["participant_id"],
+                                                                     "session": r["session"], "scan": r["scan"]})["site"])
+            for _, r in firsts.iterrows()}
+
+
+def _calibration_section(site_factors, scan_sites, path):
+    """The report's account of the per-site calibration (``--calibration``)."""
+    if not site_factors:
+        return ""
+    used = sorted(set(scan_sites.values()))
+    rows = "".join(f"<tr><td class=\"t\">{esc(site)}</td><td>{site_factors[site]:.4f}</td><td>"
+                   f"{sum(1 for s in scan_sites.values() if s == site)}</td></tr>" for site in used)
+    return ("<h2 id=\"calibration\">Calibration</h2><p class=\"caption\">χ values of this report and its tables "
+            f"(ROI rows of map chi, lesion χ columns, voxel-wise agreement) are multiplied by their site's factor "
+            f"from {esc(str(path))} (reference / measured tube-phantom slope, <code>qsmprep calibrate</code>); "
+            "the <code>calibration_factor</code> column says which rows. The participants' own derivatives are "
+            "not changed; <code>rim_candidate</code> keeps the participant level's call.</p>"
+            "<table><tr><th class=\"t\">site</th><th>factor</th><th>scans</th></tr>" + rows + "</table>")
+
+
+def _lesion_section(out_dir, gdir, participant_label, bids_dir=None, site_factors=None, calibration=None):
     """``lesions.tsv`` (every lesion row of every scan), ``lesion_stats.tsv`` (t-tests per
     lesion kind and class, :func:`qsmprep.analysis.lesion_group.lesion_group_stats`), a strip
     plot per kind, and the report's section; ``""`` when no scan has a lesion table."""
@@ -239,6 +263,12 @@ def _lesion_section(out_dir, gdir, participant_label, bids_dir=None):
     from qsmprep.reports.html import table
 
     lesions = load_lesion_table(out_dir, participant_label)
+    factors = None
+    if site_factors and not lesions.empty:
+        from qsmprep.analysis.calibration import CALIBRATED_LESION_COLUMNS, calibrate_table, scan_factors
+
+        factors = scan_factors(_scan_sites(out_dir, bids_dir, lesions), site_factors, calibration)
+        lesions = calibrate_table(lesions, factors, CALIBRATED_LESION_COLUMNS)
     if lesions.empty:
         return ""
     stats = lesion_group_stats(lesions)
@@ -263,7 +293,8 @@ def _lesion_section(out_dir, gdir, participant_label, bids_dir=None):
         from qsmprep.analysis.lesion_change import longitudinal_lesion_change
 
         with tempfile.TemporaryDirectory(prefix="qsmprep-lesion-change-") as work:
-            change = longitudinal_lesion_change(out_dir, bids_dir, work, participant_label=participant_label)
+            change = longitudinal_lesion_change(out_dir, bids_dir, work, participant_label=participant_label,
+                                                factors=factors)
         if not change.empty:
             _write_tsv(change, gdir / "lesion_change.tsv")
             flagged = change[change["flagged"].astype(bool)]
@@ -276,7 +307,7 @@ def _lesion_section(out_dir, gdir, participant_label, bids_dir=None):
     return "\n".join(parts)
 
 
-def _qc_only_group(out_dir, participant_label, bids_dir=None):
+def _qc_only_group(out_dir, participant_label, bids_dir=None, site_factors=None, calibration=None):
     """The group level of a run without ROI tables: ``qc.tsv`` and a report with the QC table."""
     from qsmprep.interfaces.derivatives import atomic_write_text
 
@@ -291,20 +322,45 @@ def _qc_only_group(out_dir, participant_label, bids_dir=None):
     note = ("<p>No ROI tables (<code>*_desc-&lt;atlas&gt;_roistats.tsv</code>): the participant level writes them "
             "when a T1w and <code>--segmentation-dir</code> or <code>--template</code>/<code>--atlas</code> are "
             "given, so this report has only the QC table.</p>")
-    note += _lesion_section(out_dir, gdir, participant_label, bids_dir)
+    lesion_html = _lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration)
+    if site_factors:
+        from qsmprep.analysis.lesion_group import load_lesion_table
+
+        table = load_lesion_table(out_dir, participant_label)
+        note += _calibration_section(site_factors, _scan_sites(out_dir, bids_dir, table) if not table.empty else {},
+                                     calibration)
+    note += lesion_html
     atomic_write_text(gdir / "group.html", page("qsmprep group report", _qc_section(qc_entries, qc_df) + note))
     LOGGER.info("group level: QC of %d acquisition(s) only (no ROI tables); %s", len(qc_df), gdir)
     return gdir
 
 
-def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
-    """Compute and write the group level (see the module docstring); return ``out/group``."""
+def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0, calibration=None):
+    """Compute and write the group level (see the module docstring); return ``out/group``.
+
+    ``calibration``: a TSV of per-site calibration factors
+    (:func:`qsmprep.analysis.calibration.read_site_factors`), applied to every χ value of the
+    group tables; every scan's site must have one.
+    """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise InputError("output folder does not exist; run the participant level first", path=out_dir)
+    site_factors = None
+    if calibration is not None:
+        from qsmprep.analysis.calibration import read_site_factors
+
+        site_factors = read_site_factors(calibration)
     long = gstats.load_long_table(out_dir, bids_dir, participant_label)
     if long.empty:
-        return _qc_only_group(out_dir, participant_label, bids_dir)
+        return _qc_only_group(out_dir, participant_label, bids_dir, site_factors, calibration)
+    factors = None
+    scan_sites = {}
+    if site_factors:
+        from qsmprep.analysis.calibration import CALIBRATED_ROI_STATS, calibrate_table, scan_factors
+
+        scan_sites = {scan: str(site) for scan, site in long.groupby("scan")["site"].first().items()}
+        factors = scan_factors(scan_sites, site_factors, calibration)
+        long = calibrate_table(long, factors, CALIBRATED_ROI_STATS, rows=long["map"] == "chi")
     gdir = out_dir / "group"
     fdir = gdir / "figures"
     fdir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +368,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
     summary = gstats.roi_summary(long)
     bsd = gstats.between_subject_sd(long)
     repro, points = gstats.paired_reproducibility(long)
-    voxel = voxelwise_pairs(out_dir, long, radius_mm=radius_mm)
+    voxel = voxelwise_pairs(out_dir, long, radius_mm=radius_mm, factors=factors)
     qc_entries = load_qc(out_dir, participant_label, scans=sorted(long["scan"].unique()))
     qc_df = qc_table(qc_entries)
     tables = {"qc": qc_df, "roistats_long": long.drop(columns=["roi_key"]), "roistats_wide": wide,
@@ -324,7 +380,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
     by = comparison_level(long)
     by_group = roi_by_group(long, by=by)
     n_scans, n_part = long["scan"].nunique(), long["participant_id"].nunique()
-    sections = [_qc_section(qc_entries, qc_df)]
+    sections = [_qc_section(qc_entries, qc_df), _calibration_section(site_factors, scan_sites, calibration)]
     sections.append(f"<p>{n_part} participant(s), {n_scans} scan(s), atlases: "
                     f"{esc(', '.join(sorted(long['atlas'].unique())))}. Sites: "
                     f"{esc(', '.join(map(str, sorted(long['site'].astype(str).unique()))))}; vendors: "
@@ -366,7 +422,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0):
                     f"inside both masks for {n_ok} of {len(voxel)} scan pair(s) in "
                     "<a href=\"voxelwise_agreement.tsv\">voxelwise_agreement.tsv</a>; searchlight maps "
                     f"({radius_mm:g} mm sphere) in group/voxelwise/.</p>")
-    sections.append(_lesion_section(out_dir, gdir, participant_label, bids_dir))
+    sections.append(_lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration))
     sections.append("<h2 id=\"tables\">Tables (TSV)</h2><ul>" + "".join(
         f"<li><a href=\"{name}.tsv\">{name}.tsv</a> ({len(tables[name])} rows): {esc(text)}</li>"
         for name, text in _TABLES) + "</ul>")
