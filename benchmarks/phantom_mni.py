@@ -92,6 +92,17 @@ R2_FLOOR = 1.0
 HAEMORRHAGE = ((26.0, 20.0, 28.0), 5.5)     # right corona radiata, radius (mm)
 CALCIFICATION = ((-24.0, -12.0, 28.0), 2.5)  # left periventricular WM
 
+#: MS lesions (``lesions=True``): kind and radius (mm) of each, placed by a fixed random draw
+#: (:func:`_ms_lesions`) in this template's white matter / cortex.  Relative χ against the
+#: surrounding normal-appearing tissue as reported at 7 T (WM lesions +0.014 ppm, cortical
+#: −0.018 ppm; mixed lesions carry both by tissue); the rim lesion has a 1 mm paramagnetic
+#: rim (+0.060 ppm, R2* +10 1/s) around a +0.005 ppm core.  WM lesions lose 2 1/s of R2*
+#: (demyelination), cortical ones 1 1/s.
+MS_LESION_PLAN = (("rim", 4.0), ("mixed", 3.5), ("wm", 2.0), ("wm", 2.5), ("wm", 3.0), ("wm", 3.0),
+                  ("wm", 3.5), ("wm", 2.5), ("cortical", 3.0), ("cortical", 3.0), ("cortical", 3.5))
+MS_RELATIVE_CHI = {"wm": 0.014, "cortical": -0.018}
+MS_RIM = {"core": 0.005, "rim": 0.060, "depth_mm": 1.0, "r2star": 10.0}
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -127,6 +138,8 @@ class MniPhantom:
     chi_para: np.ndarray = None   # χ-separation truth (ppm), output grid, brain only
     chi_dia: np.ndarray = None
     r2: np.ndarray = None         # R2 (1/s): R2* − D_r (χ⁺ − χ⁻), floored at R2_FLOOR
+    lesions: np.ndarray = None    # numbered MS lesions (output grid; ``lesions=True``)
+    lesion_info: dict = field(default_factory=dict)   # {id: {kind, radius_mm, centre_mm}}
 
 
 def _template():
@@ -158,9 +171,92 @@ def _tube(shape, h, origin, points, radius):
     return out
 
 
-def _fine_anatomy(resolution, oversample, rng):
+def _ms_lesions(lab, axes, h, chi, r2s, seed=11):
+    """Add :data:`MS_LESION_PLAN`'s lesions to the fine ``chi`` and ``r2s`` (in place); return the
+    fine numbered lesion map and ``{id: {kind, radius_mm, centre_mm}}``.
+
+    Centres are drawn (fixed seed, on a 2 mm lattice) where the lesion fits its kind: WM and
+    rim lesions wholly inside WM (2 mm from any other tissue), cortical lesions in cortex at
+    least 1.5 mm from WM (the ball is then cut to cortex), mixed ones in cortex next to WM;
+    each at least 15 mm from the other lesions and 3 mm from vessels, nuclei, the haemorrhage
+    and the calcification.
+    """
+    wm_k, gm_k = TISSUES["wm"][0], TISSUES["gm"][0]
+    lrng = np.random.default_rng(seed)
+    step = max(1, int(round(2.0 / h)))
+    sub = lab[::step, ::step, ::step]
+    hs = h * step
+    d_in_wm = ndimage.distance_transform_edt(sub == wm_k, sampling=hs)
+    d_to_wm = ndimage.distance_transform_edt(sub != wm_k, sampling=hs)
+    busy = ~np.isin(sub, (wm_k, gm_k, TISSUES["csf"][0], TISSUES["scalp"][0], TISSUES["bone"][0],
+                          TISSUES["air"][0]))
+    d_busy = ndimage.distance_transform_edt(~busy, sampling=hs)
+    origin = np.array([a[0] for a in axes])
+    out = np.zeros(lab.shape, np.int16)
+    info, centres = {}, []
+    for lid, (kind, r) in enumerate(MS_LESION_PLAN, start=1):
+        if kind in ("wm", "rim"):
+            ok = d_in_wm >= r + 2.0
+        elif kind == "cortical":
+            ok = (sub == gm_k) & (d_to_wm >= 1.5)
+        else:
+            ok = (sub == gm_k) & (d_to_wm <= hs)
+        ok &= d_busy >= r + 3.0
+        cand = np.argwhere(ok) * hs + origin
+        if centres:
+            far = np.min(np.linalg.norm(cand[:, None, :] - np.asarray(centres)[None], axis=-1), axis=1) >= 15.0
+            cand = cand[far]
+        if not len(cand):
+            raise RuntimeError(f"no room for MS lesion {lid} ({kind})")
+        c = cand[lrng.integers(len(cand))]
+        centres.append(c)
+        lo = np.floor((c - r - origin) / h).astype(int).clip(0)
+        hi = np.minimum(np.ceil((c + r - origin) / h).astype(int) + 1, lab.shape)
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        g = np.meshgrid(*[origin[i] + h * np.arange(lo[i], hi[i]) - c[i] for i in range(3)], indexing="ij",
+                        sparse=True)
+        dist = np.sqrt(g[0] ** 2 + g[1] ** 2 + g[2] ** 2)
+        ball = dist <= r
+        box_lab, box_chi, box_r2 = lab[sl], chi[sl], r2s[sl]
+        is_wm, is_gm = box_lab == wm_k, box_lab == gm_k
+        if kind == "cortical":
+            ball &= is_gm
+        elif kind == "mixed":
+            ball &= is_wm | is_gm
+        box_chi[ball & is_wm] += 0.0 if kind == "rim" else MS_RELATIVE_CHI["wm"]
+        box_chi[ball & is_gm] += MS_RELATIVE_CHI["cortical"]
+        box_r2[ball & is_wm] -= 2.0
+        box_r2[ball & is_gm] -= 1.0
+        if kind == "rim":
+            shell = ball & (dist > r - MS_RIM["depth_mm"])
+            box_chi[ball & ~shell] += MS_RIM["core"]
+            box_chi[shell] += MS_RIM["rim"]
+            box_r2[shell] += MS_RIM["r2star"]
+        out[sl][ball] = lid
+        info[lid] = {"kind": kind, "radius_mm": r, "centre_mm": [float(v) for v in c]}
+    return out, info
+
+
+def _lesions_to_output(fine, oversample):
+    """Numbered lesions on the output grid: a voxel belongs to the lesion that fills at least
+    half of it (fine voxels averaged as for χ)."""
+    out_shape = tuple(s // oversample for s in fine.shape)
+    out = np.zeros(out_shape, np.int16)
+    for lid, sl in enumerate(ndimage.find_objects(fine), start=1):
+        if sl is None:
+            continue
+        lo = [max(0, (s.start // oversample - 1)) for s in sl]
+        hi = [min(n, s.stop // oversample + 2) for s, n in zip(sl, out_shape)]
+        crop = fine[tuple(slice(a * oversample, b * oversample) for a, b in zip(lo, hi))] == lid
+        frac = _voxel_average(crop, oversample)
+        box = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        box[(frac >= 0.5) & (box == 0)] = lid
+    return out
+
+
+def _fine_anatomy(resolution, oversample, rng, lesions=False):
     """Labels, χ, R2*, M0 on the fine grid (``oversample`` × the output matrix of :data:`BOX`, the
-    neck extended ``ext`` voxels down)."""
+    neck extended ``ext`` voxels down); with ``lesions`` also the MS lesions (:func:`_ms_lesions`)."""
     tpm, aff = _template()
     h = resolution / oversample
     ext = int(round(40.0 / h))                        # neck below the field of view
@@ -244,6 +340,7 @@ def _fine_anatomy(resolution, oversample, rng):
         g = rng.normal(size=3)
         ramp = axes[0][sel[0]] * g[0] + axes[1][sel[1]] * g[1] + axes[2][sel[2]] * g[2]  # on the nucleus only
         chi[sel] *= 1.0 + 0.15 * (ramp - ramp.mean()) / max(float(np.abs(ramp - ramp.mean()).max()), 1e-9)
+    lesion_map, lesion_info = (_ms_lesions(lab, axes, h, chi, r2s) if lesions else (None, {}))
     # χ-separation truth (the MR signal does not change: R2 = R2* − D_r (χ⁺ − χ⁻) absorbs it)
     dia_lut = np.zeros(max(by_label) + 1, np.float32)
     for name, d in DIAMAGNETIC.items():
@@ -256,7 +353,7 @@ def _fine_anatomy(resolution, oversample, rng):
     # (the subarachnoid CSF and the sinuses are outside, as brain extraction leaves them)
     brain_mask = ndimage.binary_fill_holes(brain) | np.isin(lab, (1, 2, 3, 4, 5, 6, 7, 16, 17))
     return {"labels": lab, "chi": chi, "r2s": r2s, "m0": m0, "brain": brain_mask, "chi_para": para, "chi_dia": dia,
-            "r2": r2,
+            "r2": r2, "lesions": lesion_map, "lesion_info": lesion_info,
             "origin": origin, "shape": shape, "ext": ext, "axes": axes}
 
 
@@ -326,12 +423,14 @@ def _kspace_crop(img, out_shape, workers):
     return (sfft.ifftn(crop, workers=workers) * (np.prod(out_shape) / np.prod(img.shape))).astype(np.complex64)
 
 
-def make_mni_phantom(resolution=1.0, *, protocol="siemens3t", oversample=2, snr=100.0, seed=0, workers=2):
-    """The MNI-based head at ``resolution`` mm, simulated ``oversample`` times finer, for a protocol."""
+def make_mni_phantom(resolution=1.0, *, protocol="siemens3t", oversample=2, snr=100.0, seed=0, workers=2,
+                     lesions=False):
+    """The MNI-based head at ``resolution`` mm, simulated ``oversample`` times finer, for a protocol;
+    ``lesions``: with the MS lesions of :data:`MS_LESION_PLAN` (the rest of the head unchanged)."""
     prot = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     rng = np.random.default_rng(seed)
     h = resolution / oversample
-    a = _fine_anatomy(resolution, oversample, rng)
+    a = _fine_anatomy(resolution, oversample, rng, lesions=lesions)
     rot = _rotation(*prot.oblique_deg)
     b0_dir = tuple(float(v) for v in rot.T @ np.array([0.0, 0.0, 1.0]))   # scanner z in voxel axes
     chi_air = np.where(a["labels"] == TISSUES["air"][0], 0.0, a["chi"] - CHI_AIR).astype(np.float32)
@@ -366,7 +465,8 @@ def make_mni_phantom(resolution=1.0, *, protocol="siemens3t", oversample=2, snr=
     sources = {k: np.where(brain, _voxel_average(a[k][fov], oversample), 0).astype(np.float32)
                for k in ("chi_para", "chi_dia")}
     r2_out = _voxel_average(a["r2"][fov], oversample).astype(np.float32)
-    return MniPhantom(chi=np.where(brain, chi_out, 0).astype(np.float32), labels=lab_out.astype(np.int16),
+    les_out = _lesions_to_output(a["lesions"][fov], oversample) if lesions else None
+    return MniPhantom(lesions=les_out, lesion_info=a["lesion_info"], chi=np.where(brain, chi_out, 0).astype(np.float32), labels=lab_out.astype(np.int16),
                       brain_mask=brain, total_field=field_out.astype(np.float32), signal=signal, affine=affine,
                       b0_dir=b0_dir, protocol=prot, voxel_size=(resolution,) * 3, shim=shim, r2=r2_out, **sources)
 
@@ -375,7 +475,8 @@ def _json(path, data):
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.0, seed=0, workers=2):
+def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.0, seed=0, workers=2,
+                      lesions=False):
     """Write ``out_dir/bids`` (one participant, the protocol's encoding) and ``out_dir/truth``.
 
     Returns the :class:`MniPhantom`. Truth files (``truth/sub-01``): ``sub-01_Chimap``,
@@ -383,10 +484,11 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
     ``sub-01_desc-shimmed_fieldmap`` (ppm), the χ-separation truth
     ``sub-01_desc-{paramagnetic,diamagnetic}_Chimap`` (ppm) and ``sub-01_R2map`` (1/s), and
     ``phantom.json`` (protocol, B0 direction, shim coefficients); ``truth/r2`` holds the R2 map
-    as a derivatives dataset (``--r2-dir``).
+    as a derivatives dataset (``--r2-dir``).  With ``lesions``: ``sub-01_desc-lesions_dseg``
+    (numbered MS lesions) and their kinds in ``phantom.json``.
     """
     out_dir = Path(out_dir)
-    ph = make_mni_phantom(resolution, protocol=protocol, snr=snr, seed=seed, workers=workers)
+    ph = make_mni_phantom(resolution, protocol=protocol, snr=snr, seed=seed, workers=workers, lesions=lesions)
     prot = ph.protocol
     bids, truth = out_dir / "bids", out_dir / "truth" / "sub-01"
     anat = bids / "sub-01" / "anat"
@@ -422,6 +524,8 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
                        ("sub-01_desc-paramagnetic_Chimap", ph.chi_para),
                        ("sub-01_desc-diamagnetic_Chimap", ph.chi_dia), ("sub-01_R2map", ph.r2)):
         nib.Nifti1Image(data, ph.affine).to_filename(truth / f"{name}.nii.gz")
+    if lesions:
+        nib.Nifti1Image(ph.lesions, ph.affine).to_filename(truth / "sub-01_desc-lesions_dseg.nii.gz")
     # the R2 map as a derivatives dataset for ``--r2-dir`` (on the GRE grid: a registered spin echo)
     r2_anat = out_dir / "truth" / "r2" / "sub-01" / "anat"
     r2_anat.mkdir(parents=True, exist_ok=True)
@@ -434,7 +538,8 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
     _json(truth / "phantom.json", {"protocol": protocol, "resolution_mm": resolution, "snr": snr, "seed": seed,
                                    "EchoTime": list(prot.tes), "MagneticFieldStrength": prot.b0,
                                    "B0Direction": list(ph.b0_dir), "encoding": prot.encoding,
-                                   "shim": ph.shim, "chi_reference": "water (ppm)"})
+                                   "shim": ph.shim, "chi_reference": "water (ppm)",
+                                   "lesions": {str(k): v for k, v in ph.lesion_info.items()}})
     return ph
 
 
@@ -446,9 +551,10 @@ def main(argv=None):
     p.add_argument("--snr", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--lesions", action="store_true", help="add the MS lesions (MS_LESION_PLAN)")
     a = p.parse_args(argv)
     ph = write_mni_dataset(a.out_dir, resolution=a.resolution, protocol=a.protocol, snr=a.snr, seed=a.seed,
-                           workers=a.workers)
+                           workers=a.workers, lesions=a.lesions)
     print(f"wrote {a.out_dir}/bids and truth: {ph.labels.shape} at {a.resolution:g} mm, B0 {ph.b0_dir}")
 
 

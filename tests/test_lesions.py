@@ -98,6 +98,26 @@ def test_reference_shell_gap_outer_distance_and_exclusions(slab):
     assert r["reason"] == "no-reference" and math.isnan(r["chi_relative"]) and r["chi_mean"] == pytest.approx(0.1)
 
 
+def test_edge_coverage_of_medi_edge_weights(slab):
+    """``edge_coverage`` counts the forward differences that cross the lesion's boundary where
+    the edge weights are 0 (MEDI's magnitude edges); below ``edge_coverage_min`` the row says
+    ``magnitude-edge-prior``; without edge weights it is NaN and no caution."""
+    shape, tissue, chi = slab
+    les = _ball(shape, (14, 14, 14), 3)
+    lesions = les.astype(np.int16)
+    cross = np.stack([les ^ np.roll(les, -1, axis=ax) for ax in range(3)])
+    edges = np.where(cross, 0.0, 1.0).astype(np.float32)       # every boundary crossing an edge
+    rows, params = lesion_statistics(chi, lesions, tissue, VS, np.eye(4), edge_weights=edges)
+    assert _row(rows, 1)["edge_coverage"] == pytest.approx(1.0) and _row(rows, 1)["chi_caution"] == ""
+    half = edges.copy()
+    half[0][cross[0]] = 1.0                                      # the x crossings are not edges
+    r = _row(lesion_statistics(chi, lesions, tissue, VS, np.eye(4), edge_weights=half)[0], 1)
+    assert r["edge_coverage"] == pytest.approx(1 - cross[0].sum() / cross.sum())
+    assert r["chi_caution"] == "magnitude-edge-prior" and params["EdgeCoverageMin"] == 0.8
+    r = _row(lesion_statistics(chi, lesions, tissue, VS, np.eye(4))[0], 1)
+    assert math.isnan(r["edge_coverage"]) and r["chi_caution"] == ""
+
+
 def test_vessels_leave_the_reference_and_do_not_bias_it(slab):
     shape, tissue, chi = slab
     chi = chi.copy()

@@ -108,3 +108,31 @@ def test_datasets_store_each_vendor_encoding(tmp_path, protocol, parts, monkeypa
                                                  "sub-01_desc-paramagnetic_Chimap.nii.gz",
                                                  "sub-01_desc-diamagnetic_Chimap.nii.gz", "sub-01_R2map.nii.gz"}
     assert (tmp_path / "truth" / "r2" / "sub-01" / "anat" / "sub-01_R2map.nii.gz").is_file()
+
+
+def test_ms_lesions_sit_in_their_tissue_with_the_intended_offsets():
+    """``lesions=True`` adds MS_LESION_PLAN's lesions and changes nothing else: WM and rim lesions
+    wholly in WM, cortical ones in cortex, the mixed one in both, each with its χ offset (the
+    rim lesion: a +0.060 ppm rim around a +0.005 ppm core), 15 mm apart."""
+    plain = P._fine_anatomy(3.0, 2, np.random.default_rng(0))
+    les = P._fine_anatomy(3.0, 2, np.random.default_rng(0), lesions=True)
+    m, info, lab = les["lesions"], les["lesion_info"], les["labels"]
+    assert [d["kind"] for d in info.values()] == [k for k, _ in P.MS_LESION_PLAN]
+    diff = les["chi"] - plain["chi"]
+    assert np.array_equal(lab, plain["labels"]) and np.abs(diff[m == 0]).max() == 0
+    wm, gm = P.TISSUES["wm"][0], P.TISSUES["gm"][0]
+    for lid, d in info.items():
+        sel = m == lid
+        tissues = set(np.unique(lab[sel]).tolist())
+        want = {"wm": {wm}, "rim": {wm}, "cortical": {gm}, "mixed": {wm, gm}}[d["kind"]]
+        assert tissues == want, (lid, d, tissues)
+        if d["kind"] == "rim":
+            assert np.allclose(np.unique(np.round(diff[sel], 4)), [P.MS_RIM["core"], P.MS_RIM["rim"]])
+        else:
+            assert np.allclose(diff[sel & (lab == wm)], P.MS_RELATIVE_CHI["wm"], atol=1e-6)
+            assert np.allclose(diff[sel & (lab == gm)], P.MS_RELATIVE_CHI["cortical"], atol=1e-6)
+    centres = np.array([d["centre_mm"] for d in info.values()])
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.eye(len(centres)) * 1e3
+    assert gaps.min() >= 15.0
+    out = P._lesions_to_output(m, 2)
+    assert out.shape == tuple(s // 2 for s in m.shape) and set(np.unique(out)) <= set(info) | {0}

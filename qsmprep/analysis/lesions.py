@@ -36,6 +36,12 @@ vessels removed, lesions of at least 2 mm):
   project's choice (about the smallest contrast that the 1 mm demo's noise lets a 4 mm
   lesion's 1-voxel shell show, and under the 0.02-0.05 ppm of the demo's rim), recorded in
   the sidecar and a parameter.
+* **MEDI's prior** (when χ came from MEDI or MEDI+0): MEDI's L1 term lets χ change freely
+  only across magnitude edges (its edge mask), so a lesion whose boundary the magnitude does
+  not show is smoothed into its surroundings and reads closer to them.  ``edge_coverage`` is
+  the fraction of the lesion's boundary that the inversion's edge mask treats as an edge;
+  below ``edge_coverage_min`` (0.8, this project's choice between the two phantom families'
+  measured ranges, README) the row's ``chi_caution`` says ``magnitude-edge-prior``.
 
 Pure numpy/scipy; each lesion is processed in its bounding box grown by ``outer_mm``, so the
 cost grows with the lesion count, not the image size.
@@ -150,7 +156,7 @@ def _fill_unclassified(tissue, lesion, brain):
 def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, mask=None, to_t1w=None,
                       source_labels=None, gap_mm=None, outer_mm=5.0, min_reference_voxels=10,
                       cortical_min=0.75, mixed_min=0.25, vessel_chi_ppm=0.1, rim_mm=None,
-                      rim_threshold_ppm=0.01, reference_out=None):
+                      rim_threshold_ppm=0.01, edge_weights=None, edge_coverage_min=0.8, reference_out=None):
     """Per-lesion (per-portion) χ and R2* against normal-appearing tissue (see module notes).
 
     Parameters
@@ -187,6 +193,16 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
         Depth of the rim shell; default one voxel (the largest voxel edge).
     rim_threshold_ppm : float
         ``rim_candidate`` threshold of ``rim_minus_core``.
+    edge_weights : ndarray (3, x, y, z), optional
+        MEDI's gradient weights of the inversion that made ``chi``
+        (:func:`qsmprep.qsm.inversion.medi.edge_mask`: 0 at a magnitude edge).  Gives
+        ``edge_coverage``, the fraction of the lesion's boundary (the forward differences
+        that cross it) that MEDI treats as an edge, where its TV prior lets χ jump.
+    edge_coverage_min : float
+        Below this coverage ``chi_caution`` is ``magnitude-edge-prior``: MEDI smooths χ across
+        a boundary the magnitude does not show, which shrinks the lesion's relative χ (the MNI
+        phantom family's lesions, coverage 3-60 %, kept 57 % of their contrast; the demo's,
+        98-100 %, all of it; README).
     reference_out : ndarray of int, optional
         Same shape as ``lesions``; filled in place with each lesion's id on the reference voxels
         it used (both portions of a mixed lesion), for the report's overlays and the
@@ -235,6 +251,15 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
         centroid_vox = idx.mean(axis=0)
         gre_mm = (np.asarray(affine, float) @ np.r_[centroid_vox, 1.0])[:3]
         t1w_mm = (np.asarray(to_t1w, float) @ np.r_[gre_mm, 1.0])[:3] if to_t1w is not None else np.full(3, np.nan)
+        coverage = math.nan
+        if edge_weights is not None:
+            n_cross = n_edge = 0
+            for ax in range(3):
+                cross = les ^ np.roll(les, -1, axis=ax)   # the box has a margin: no wrap-around
+                n_cross += int(cross.sum())
+                n_edge += int((cross & (np.asarray(edge_weights[ax])[box] == 0)).sum())
+            coverage = n_edge / n_cross if n_cross else math.nan
+        caution = "magnitude-edge-prior" if np.isfinite(coverage) and coverage < float(edge_coverage_min) else ""
         depth = ndimage.distance_transform_edt(les, sampling=vs)
         shell, core = les & (depth <= rim + 1e-6) & v_box, les & (depth > rim + 1e-6) & v_box
         for portion, part in portions:
@@ -284,11 +309,12 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
                 "n_voxels": int(used.sum()), "n_excluded": int(part.sum() - used.sum()),
                 "n_reference": int(ref.sum()), "n_reference_vessel": int(vessel.sum()),
                 "n_rim": int(shell.sum()), "n_core": int(core.sum()), "n_tissue_filled": n_filled,
-                "reason": reason,
+                "reason": reason, "edge_coverage": coverage, "chi_caution": caution,
             })
     params = {"GapMM": gap, "OuterMM": float(outer_mm), "MinReferenceVoxels": int(min_reference_voxels),
               "CorticalMin": float(cortical_min), "MixedMin": float(mixed_min),
-              "VesselChiPPM": float(vessel_chi_ppm), "RimMM": rim, "RimThresholdPPM": float(rim_threshold_ppm)}
+              "VesselChiPPM": float(vessel_chi_ppm), "RimMM": rim, "RimThresholdPPM": float(rim_threshold_ppm),
+              "EdgeCoverageMin": float(edge_coverage_min), "EdgeCoverage": edge_weights is not None}
     return rows, params
 
 
@@ -299,7 +325,7 @@ def lesion_parameters():
     import inspect
 
     out = {}
-    internal = ("r2star", "mask", "to_t1w", "source_labels", "reference_out")
+    internal = ("r2star", "mask", "to_t1w", "source_labels", "edge_weights", "reference_out")
     for func, skip in ((label_lesions, ()), (lesion_statistics, internal)):
         for name, p in inspect.signature(func).parameters.items():
             if p.kind is p.KEYWORD_ONLY and name not in skip:
@@ -346,5 +372,5 @@ LESION_COLUMNS = (
     "chi_ref_std", "chi_relative", "r2star_mean", "r2star_median", "r2star_std", "r2star_ref_mean",
     "r2star_ref_median", "r2star_ref_std", "r2star_relative", "rim_chi_mean", "core_chi_mean", "rim_minus_core",
     "rim_candidate", "n_voxels", "n_excluded", "n_reference", "n_reference_vessel", "n_rim", "n_core",
-    "n_tissue_filled", "reason",
+    "n_tissue_filled", "reason", "edge_coverage", "chi_caution",
 )

@@ -62,6 +62,7 @@ class _LesionStatsInputSpec(BaseInterfaceInputSpec):
     lesion_lut = File(exists=True, desc="look-up table of a lesion dseg")
     tissue = File(exists=True, mandatory=True, desc="tissue classes on the grid of chi")
     to_t1w = File(exists=True, desc="ITK affine from-T1w_to-GRE (maps GRE points to T1w points), for centroids")
+    magnitude = File(exists=True, desc="the magnitude the inversion used (MEDI's edge mask, for edge_coverage)")
     params = traits.Dict(desc="keyword arguments of label_lesions / lesion_statistics")
     meta = traits.Dict(desc="more sidecar metadata (sources, transforms, tissue source)")
 
@@ -99,10 +100,18 @@ class LesionStats(SimpleInterface):
 
             to_t1w = read_affine(inp.to_t1w)
         reference = np.zeros(chi.shape, np.int32)
+        chi_map = dict(inp.meta).get("ChiMap", {}) if isdefined(inp.meta) else {}
+        edge_weights = None
+        if chi_map.get("DipoleInversion") in ("medi", "medi+0") and isdefined(inp.magnitude) and isdefined(inp.mask):
+            from qsmprep.qsm.inversion.medi import edge_mask
+
+            fraction = chi_map.get("DipoleInversionParameters", {}).get("edge_fraction")
+            kw = {} if fraction is None else {"edge_fraction": float(fraction)}
+            edge_weights = edge_mask(load(inp.magnitude)[0], load_mask(inp.mask), vs, **kw)
         rows, params = lesion_statistics(
             chi, lesions, tissue, vs, chi_img.affine, r2star=load(inp.r2star)[0] if isdefined(inp.r2star) else None,
             mask=load_mask(inp.mask) if isdefined(inp.mask) else None, to_t1w=to_t1w, source_labels=sources,
-            reference_out=reference, **stats_kw)
+            edge_weights=edge_weights, reference_out=reference, **stats_kw)
         names = read_lut(inp.lesion_lut) if isdefined(inp.lesion_lut) else {}
         for row in rows:
             row["input_name"] = names.get(row["input_label"], ("lesion", ""))[0]
@@ -149,14 +158,22 @@ _COLUMN_DOCS = {
     "n_reference_vessel": "reference candidates removed as vessels (chi > median + VesselChiPPM)",
     "n_tissue_filled": "lesion voxels without a tissue class, given the nearest voxel's class",
     "reason": "why relative values are missing: no-reference (< MinReferenceVoxels), outside-mask",
+    "edge_coverage": "fraction of the lesion's boundary at magnitude edges of MEDI's edge mask (n/a: not MEDI)",
+    "chi_caution": "magnitude-edge-prior: edge_coverage < EdgeCoverageMin, MEDI's prior may shrink chi_relative",
     "chi_sign": "sign of chi_relative: paramagnetic (e.g. haemorrhage) or diamagnetic (e.g. calcification)",
 }
+
+
+#: the χ sidecar's fields copied into the lesion table's (the reference cancels in relative χ)
+CHI_PROVENANCE = ("DipoleInversion", "DipoleInversionParameters", "BackgroundRemoval", "UnwrappingMethod",
+                  "ReferenceRegion")
 
 
 class _LesionMetaInputSpec(BaseInterfaceInputSpec):
     tissue = traits.Dict(desc="TissueClasses info")
     registration = traits.Dict(desc="RegisterToGRE info (FLAIR / T2w masks)")
     space = traits.Str(desc="space of the lesion input")
+    chi_info = traits.Dict(desc="the χ map's sidecar (its inversion, background removal and reference)")
 
 
 class _LesionMetaOutputSpec(TraitedSpec):
@@ -178,5 +195,9 @@ class LesionMeta(SimpleInterface):
             meta.update(self.inputs.tissue)
         if isdefined(self.inputs.registration):
             meta["LesionRegistration"] = self.inputs.registration
+        if isdefined(self.inputs.chi_info):
+            # which χ the relative values come from: the inversion's prior shapes lesion contrast
+            # (MEDI's magnitude-edge prior smooths lesions the magnitude does not show; README)
+            meta["ChiMap"] = {k: self.inputs.chi_info[k] for k in CHI_PROVENANCE if k in self.inputs.chi_info}
         self._results["meta"] = meta
         return runtime

@@ -124,7 +124,8 @@ def _roi_tables(out_dir, rec):
 
 #: columns of the report's lesion table (the TSV has them all)
 LESION_REPORT_COLUMNS = ("lesion_id", "input_name", "portion", "class", "volume_mm3", "chi_mean", "chi_ref_mean",
-                         "chi_relative", "r2star_relative", "rim_minus_core", "rim_candidate", "n_reference", "reason")
+                         "chi_relative", "r2star_relative", "rim_minus_core", "rim_candidate", "n_reference", "reason",
+                         "edge_coverage", "chi_caution")
 
 
 def lesion_section(out_dir, rec, fig_dir):
