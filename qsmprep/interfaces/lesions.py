@@ -173,7 +173,9 @@ class _LesionMetaInputSpec(BaseInterfaceInputSpec):
     tissue = traits.Dict(desc="TissueClasses info")
     registration = traits.Dict(desc="RegisterToGRE info (FLAIR / T2w masks)")
     space = traits.Str(desc="space of the lesion input")
-    chi_info = traits.Dict(desc="the χ map's sidecar (its inversion, background removal and reference)")
+    chi_info = traits.Dict(desc="the inversion's sidecar fields (method, parameters, reference)")
+    local_info = traits.Dict(desc="background removal's sidecar fields")
+    unwrap_info = traits.Dict(desc="unwrapping's sidecar fields")
 
 
 class _LesionMetaOutputSpec(TraitedSpec):
@@ -195,9 +197,13 @@ class LesionMeta(SimpleInterface):
             meta.update(self.inputs.tissue)
         if isdefined(self.inputs.registration):
             meta["LesionRegistration"] = self.inputs.registration
-        if isdefined(self.inputs.chi_info):
-            # which χ the relative values come from: the inversion's prior shapes lesion contrast
-            # (MEDI's magnitude-edge prior smooths lesions the magnitude does not show; README)
-            meta["ChiMap"] = {k: self.inputs.chi_info[k] for k in CHI_PROVENANCE if k in self.inputs.chi_info}
+        # which χ the relative values come from: the inversion's prior shapes lesion contrast
+        # (MEDI's magnitude-edge prior smooths lesions the magnitude does not show; README)
+        merged = {}
+        for info in (self.inputs.unwrap_info, self.inputs.local_info, self.inputs.chi_info):
+            if isdefined(info):
+                merged.update(info)
+        if merged:
+            meta["ChiMap"] = {k: merged[k] for k in CHI_PROVENANCE if k in merged}
         self._results["meta"] = meta
         return runtime

@@ -382,7 +382,8 @@ def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sour
             les_wf.inputs.inputnode.space_image = lesions["space_image"]
         if seg:
             les_wf.inputs.inputnode.segmentation, les_wf.inputs.inputnode.seg_lut = seg
-        fields = [("chi", "chi"), ("local_mask", "mask"), ("average", "average"), ("chi_info", "chi_info")]
+        fields = [("chi", "chi"), ("local_mask", "mask"), ("average", "average"), ("chi_info", "chi_info"),
+                  ("local_info", "local_info"), ("unwrap_info", "unwrap_info")]
         fields += [("r2star", "r2star")] if has_r2 else []
         workflow.connect([
             (gre_wf, les_wf, [(f"outputnode.{a}", f"inputnode.{b}") for a, b in fields]),

@@ -27,7 +27,7 @@ from qsmprep.interfaces.lesions import LesionMeta, LesionStats, TissueClasses
 from qsmprep.interfaces.registration import ApplyTransforms, RegisterToGRE
 
 LESION_INPUTS = ["chi", "r2star", "mask", "average", "lesions", "lesion_lut", "space_image", "segmentation",
-                 "seg_lut", "t1w_brain", "t1w_mask", "xfm_t1w2gre", "chi_info"]
+                 "seg_lut", "t1w_brain", "t1w_mask", "xfm_t1w2gre", "chi_info", "local_info", "unwrap_info"]
 LESION_OUTPUTS = ["lesions_gre", "reference_gre", "lesionstats", "lesionstats_json", "info"]
 #: ``space-`` entities of lesion masks that are registered from a raw image of the session
 IMAGE_SPACES = ("FLAIR", "T2w")
@@ -167,7 +167,7 @@ def init_lesion_wf(*, space="T1w", tissue_source="segmentation", has_r2star=True
         (lesions_to_gre, stats, [("out_file", "lesions")]),
         (tissue_to_gre, stats, [("out_file", "tissue")]),
         (tissue, meta, [("info", "tissue")]),
-        (inputnode, meta, [("chi_info", "chi_info")]),
+        (inputnode, meta, [("chi_info", "chi_info"), ("local_info", "local_info"), ("unwrap_info", "unwrap_info")]),
         (meta, stats, [("meta", "meta")]),
         (inputnode, stats, [("chi", "chi"), ("mask", "mask"), ("lesion_lut", "lesion_lut"),
                             ("xfm_t1w2gre", "to_t1w"), ("average", "magnitude")]),
