@@ -293,6 +293,8 @@ def test_group_t_tests_and_bonferroni_against_hand_computed_values():
     rows.append(["sub-1", "sub-1", 20, "haemorrhage", "wm", "whole", 100.0, 0.3])
     rows.append(["sub-2", "sub-2", 20, "haemorrhage", "wm", "whole", 100.0, 0.4])
     table = _table(rows)
+    # the first WM lesion has a caution; the rest n/a, which a TSV reader gives as NaN
+    table["chi_caution"] = ["magnitude-edge-prior"] + [np.nan] * (len(table) - 1)
     obs = lesion_observations(table)
     mixed = obs[obs["class"] == "mixed"].set_index("participant_id")["chi_relative"]
     assert mixed["sub-1"] == pytest.approx(0.005) and mixed["sub-2"] == pytest.approx(0.02)
@@ -315,6 +317,8 @@ def test_group_t_tests_and_bonferroni_against_hand_computed_values():
     assert out.loc[("MS lesion", "cortical", "participant"), "t"] == pytest.approx(t)
     hae = out.loc[("haemorrhage", "wm", "lesion")]
     assert hae["n"] == 2 and hae["m_tests"] == 2     # its own family: 1 type x 2 levels
+    # the lesions whose row carries a chi_caution are counted with their type
+    assert out.loc[("MS lesion", "wm", "lesion"), "n_caution"] == 1 and hae["n_caution"] == 0
 
 
 def test_site_calibration_scales_the_lesion_statistics():

@@ -54,12 +54,15 @@ def load_lesion_table(out_dir, participant_label=None):
 def lesion_observations(table):
     """One row per lesion with its relative χ (mixed lesions: the portions' voxel-weighted mean)."""
     if table.empty:
-        return pd.DataFrame(columns=["participant_id", "scan", "lesion_id", "input_name", "class", "chi_relative"])
+        return pd.DataFrame(columns=["participant_id", "scan", "lesion_id", "input_name", "class", "caution",
+                                     "chi_relative"])
     ok = table[np.isfinite(table["chi_relative"].astype(float))].copy()
     ok["w"] = ok["portion_volume_mm3"].astype(float)
     ok["wx"] = ok["w"] * ok["chi_relative"].astype(float)
+    caution = ok["chi_caution"] if "chi_caution" in ok else pd.Series("", index=ok.index)
+    ok["caution"] = caution.fillna("").astype(str).str.strip().replace("n/a", "") != ""
     keys = ["participant_id", "scan", "lesion_id", "input_name", "class"]
-    obs = ok.groupby(keys, sort=True).agg(wx=("wx", "sum"), w=("w", "sum")).reset_index()
+    obs = ok.groupby(keys, sort=True).agg(wx=("wx", "sum"), w=("w", "sum"), caution=("caution", "any")).reset_index()
     obs["chi_relative"] = obs["wx"] / obs["w"]
     return obs.drop(columns=["wx", "w"])
 
@@ -81,20 +84,22 @@ def lesion_group_stats(table):
 
     Returns a frame: ``input_name, class, level (lesion | participant), n, mean, sd, t, p,
     m_tests, p_bonferroni`` (``p × m_tests``, at most 1; ``m_tests`` counts the tests of one
-    lesion kind that could be computed).
+    lesion kind that could be computed) and ``n_caution``, the lesions of the row's type with a
+    ``chi_caution`` (e.g. MEDI's magnitude-edge prior: their relative χ may be shrunk).
     """
     obs = lesion_observations(table)
     rows = []
     for (kind, cls), grp in obs.groupby(["input_name", "class"], sort=True):
         per_subject = grp.groupby("participant_id")["chi_relative"].mean()
+        n_caution = int(grp["caution"].sum())
         for level, values in (("lesion", grp["chi_relative"]), ("participant", per_subject)):
             n, mean, sd, t, p = one_sample_t(values)
             rows.append({"input_name": kind, "class": cls, "level": level, "n": n, "mean": mean, "sd": sd,
-                         "t": t, "p": p})
-    out = pd.DataFrame(rows, columns=["input_name", "class", "level", "n", "mean", "sd", "t", "p"])
+                         "t": t, "p": p, "n_caution": n_caution})
+    out = pd.DataFrame(rows, columns=["input_name", "class", "level", "n", "mean", "sd", "t", "p", "n_caution"])
     if out.empty:
         return out.assign(m_tests=[], p_bonferroni=[])
     m = out.groupby("input_name")["p"].transform(lambda p: int(np.isfinite(p).sum()))
     out["m_tests"] = m.astype(int)
     out["p_bonferroni"] = np.minimum(1.0, out["p"] * out["m_tests"])
-    return out
+    return out[["input_name", "class", "level", "n", "mean", "sd", "t", "p", "m_tests", "p_bonferroni", "n_caution"]]

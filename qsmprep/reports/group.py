@@ -281,7 +281,9 @@ def _lesion_section(out_dir, gdir, participant_label, bids_dir=None, site_factor
              f"reference in {lesions['scan'].nunique()} scan(s) (<a href=\"lesions.tsv\">lesions.tsv</a>); relative χ "
              "= lesion mean − adjacent normal-appearing tissue of its class; one-sample t-tests against 0 per lesion "
              "and per participant (lesions averaged per participant), Bonferroni over the tests of one lesion kind "
-             "(<a href=\"lesion_stats.tsv\">lesion_stats.tsv</a>).</p>", table(stats)]
+             "(<a href=\"lesion_stats.tsv\">lesion_stats.tsv</a>). <code>n_caution</code>: lesions whose row has a "
+             "<code>chi_caution</code> (MEDI's magnitude-edge prior: relative χ may be shrunk towards 0; README, "
+             "Lesions).</p>", table(stats)]
     for kind, grp in obs.groupby("input_name", sort=True):
         slug = re.sub(r"[^A-Za-z0-9]+", "", str(kind))
         png = figures.lesion_strip_plot(fdir / f"lesion-{slug}_stripplot.png", grp, kind=kind)
