@@ -43,18 +43,12 @@ from qsmprep.analysis.qc import QC_ID_COLUMNS, QC_METRICS, QC_NOT_AVAILABLE, loa
 from qsmprep.analysis.summary import comparison_level, roi_by_group
 from qsmprep.errors import InputError
 from qsmprep.reports import figures
+from qsmprep.reports.group_lesions import calibration_section, lesion_section, scan_sites, write_tsv
 from qsmprep.reports.html import badge, esc, img, page, status_class
 
 LOGGER = logging.getLogger("nipype.workflow")
 #: spaces tried (in order) for voxel-wise comparisons of paired scans
 _SPACE_RE = re.compile(r"_space-([^_]+)_Chimap\.nii(\.gz)?$")
-
-
-def _write_tsv(df, path):
-    from qsmprep.interfaces.derivatives import atomic_write_text
-
-    atomic_write_text(path, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
-    return path
 
 
 def _chimaps_by_space(out_dir, scan):
@@ -232,83 +226,6 @@ _TABLES = (
 )
 
 
-def _scan_sites(out_dir, bids_dir, table):
-    """``{scan: site}`` of the scans of a table with participant_id, session and scan columns."""
-    firsts = table.drop_duplicates("scan")
-    return {r["scan"]: str(gstats.scan_metadata(bids_dir, out_dir, {"participant_id": r["participant_id"],
-                                                                     "session": r["session"], "scan": r["scan"]})["site"])
-            for _, r in firsts.iterrows()}
-
-
-def _calibration_section(site_factors, scan_sites, path):
-    """The report's account of the per-site calibration (``--calibration``)."""
-    if not site_factors:
-        return ""
-    used = sorted(set(scan_sites.values()))
-    rows = "".join(f"<tr><td class=\"t\">{esc(site)}</td><td>{site_factors[site]:.4f}</td><td>"
-                   f"{sum(1 for s in scan_sites.values() if s == site)}</td></tr>" for site in used)
-    return ("<h2 id=\"calibration\">Calibration</h2><p class=\"caption\">χ values of this report and its tables "
-            f"(ROI rows of map chi, lesion χ columns, voxel-wise agreement) are multiplied by their site's factor "
-            f"from {esc(str(path))} (reference / measured tube-phantom slope, <code>qsmprep calibrate</code>); "
-            "the <code>calibration_factor</code> column says which rows. The participants' own derivatives are "
-            "not changed; <code>rim_candidate</code> keeps the participant level's call.</p>"
-            "<table><tr><th class=\"t\">site</th><th>factor</th><th>scans</th></tr>" + rows + "</table>")
-
-
-def _lesion_section(out_dir, gdir, participant_label, bids_dir=None, site_factors=None, calibration=None):
-    """``lesions.tsv`` (every lesion row of every scan), ``lesion_stats.tsv`` (t-tests per
-    lesion kind and class, :func:`qsmprep.analysis.lesion_group.lesion_group_stats`), a strip
-    plot per kind, and the report's section; ``""`` when no scan has a lesion table."""
-    from qsmprep.analysis.lesion_group import lesion_group_stats, lesion_observations, load_lesion_table
-    from qsmprep.reports.html import table
-
-    lesions = load_lesion_table(out_dir, participant_label)
-    factors = None
-    if site_factors and not lesions.empty:
-        from qsmprep.analysis.calibration import CALIBRATED_LESION_COLUMNS, calibrate_table, scan_factors
-
-        factors = scan_factors(_scan_sites(out_dir, bids_dir, lesions), site_factors, calibration)
-        lesions = calibrate_table(lesions, factors, CALIBRATED_LESION_COLUMNS)
-    if lesions.empty:
-        return ""
-    stats = lesion_group_stats(lesions)
-    _write_tsv(lesions, gdir / "lesions.tsv")
-    _write_tsv(stats, gdir / "lesion_stats.tsv")
-    obs = lesion_observations(lesions)
-    fdir = gdir / "figures"
-    fdir.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h2 id=\"lesions\">Lesions: relative χ</h2><p class=\"caption\">{len(obs)} lesion(s) with a "
-             f"reference in {lesions['scan'].nunique()} scan(s) (<a href=\"lesions.tsv\">lesions.tsv</a>); relative χ "
-             "= lesion mean − adjacent normal-appearing tissue of its class; one-sample t-tests against 0 per lesion "
-             "and per participant (lesions averaged per participant), Bonferroni over the tests of one lesion kind "
-             "(<a href=\"lesion_stats.tsv\">lesion_stats.tsv</a>). <code>n_caution</code>: lesions whose row has a "
-             "<code>chi_caution</code> (MEDI's magnitude-edge prior: relative χ may be shrunk towards 0; README, "
-             "Lesions).</p>", table(stats)]
-    for kind, grp in obs.groupby("input_name", sort=True):
-        slug = re.sub(r"[^A-Za-z0-9]+", "", str(kind))
-        png = figures.lesion_strip_plot(fdir / f"lesion-{slug}_stripplot.png", grp, kind=kind)
-        if png:
-            parts.append(img(png, f"{kind} relative chi", f"{kind}: relative χ per lesion, by class"))
-    if bids_dir is not None and (lesions["session"] != "n/a").any():
-        import tempfile
-
-        from qsmprep.analysis.lesion_change import longitudinal_lesion_change
-
-        with tempfile.TemporaryDirectory(prefix="qsmprep-lesion-change-") as work:
-            change = longitudinal_lesion_change(out_dir, bids_dir, work, participant_label=participant_label,
-                                                factors=factors)
-        if not change.empty:
-            _write_tsv(change, gdir / "lesion_change.tsv")
-            flagged = change[change["flagged"].astype(bool)]
-            parts.append("<h3>Lesion change between sessions</h3><p class=\"caption\">Lesions matched by overlap "
-                         "in the first session's T1w space (later T1w registered rigidly); % change of the mean "
-                         "lesional χ, per year from <code>sessions.tsv</code> <code>acq_time</code>; flagged: an "
-                         f"increase of at least 6 % ({len(flagged)} of {len(change)}; "
-                         "<a href=\"lesion_change.tsv\">lesion_change.tsv</a>).</p>"
-                         + table(change[change["status"] == "matched"]))
-    return "\n".join(parts)
-
-
 def _qc_only_group(out_dir, participant_label, bids_dir=None, site_factors=None, calibration=None):
     """The group level of a run without ROI tables: ``qc.tsv`` and a report with the QC table."""
     from qsmprep.interfaces.derivatives import atomic_write_text
@@ -320,16 +237,16 @@ def _qc_only_group(out_dir, participant_label, bids_dir=None, site_factors=None,
     gdir = out_dir / "group"
     gdir.mkdir(parents=True, exist_ok=True)
     qc_df = qc_table(qc_entries)
-    _write_tsv(qc_df, gdir / "qc.tsv")
+    write_tsv(qc_df, gdir / "qc.tsv")
     note = ("<p>No ROI tables (<code>*_desc-&lt;atlas&gt;_roistats.tsv</code>): the participant level writes them "
             "when a T1w and <code>--segmentation-dir</code> or <code>--template</code>/<code>--atlas</code> are "
             "given, so this report has only the QC table.</p>")
-    lesion_html = _lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration)
+    lesion_html = lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration)
     if site_factors:
         from qsmprep.analysis.lesion_group import load_lesion_table
 
         table = load_lesion_table(out_dir, participant_label)
-        note += _calibration_section(site_factors, _scan_sites(out_dir, bids_dir, table) if not table.empty else {},
+        note += calibration_section(site_factors, scan_sites(out_dir, bids_dir, table) if not table.empty else {},
                                      calibration)
     note += lesion_html
     atomic_write_text(gdir / "group.html", page("qsmprep group report", _qc_section(qc_entries, qc_df) + note))
@@ -356,12 +273,12 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0, calib
     if long.empty:
         return _qc_only_group(out_dir, participant_label, bids_dir, site_factors, calibration)
     factors = None
-    scan_sites = {}
+    sites = {}
     if site_factors:
         from qsmprep.analysis.calibration import CALIBRATED_ROI_STATS, calibrate_table, scan_factors
 
-        scan_sites = {scan: str(site) for scan, site in long.groupby("scan")["site"].first().items()}
-        factors = scan_factors(scan_sites, site_factors, calibration)
+        sites = {scan: str(site) for scan, site in long.groupby("scan")["site"].first().items()}
+        factors = scan_factors(sites, site_factors, calibration)
         long = calibrate_table(long, factors, CALIBRATED_ROI_STATS, rows=long["map"] == "chi")
     gdir = out_dir / "group"
     fdir = gdir / "figures"
@@ -377,12 +294,12 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0, calib
               "roi_summary": summary, "between_subject_sd": bsd, "reproducibility": repro,
               "reproducibility_points": points, "voxelwise_agreement": voxel}
     for name, df in tables.items():
-        _write_tsv(df, gdir / f"{name}.tsv")
+        write_tsv(df, gdir / f"{name}.tsv")
 
     by = comparison_level(long)
     by_group = roi_by_group(long, by=by)
     n_scans, n_part = long["scan"].nunique(), long["participant_id"].nunique()
-    sections = [_qc_section(qc_entries, qc_df), _calibration_section(site_factors, scan_sites, calibration)]
+    sections = [_qc_section(qc_entries, qc_df), calibration_section(site_factors, sites, calibration)]
     sections.append(f"<p>{n_part} participant(s), {n_scans} scan(s), atlases: "
                     f"{esc(', '.join(sorted(long['atlas'].unique())))}. Sites: "
                     f"{esc(', '.join(map(str, sorted(long['site'].astype(str).unique()))))}; vendors: "
@@ -424,7 +341,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0, calib
                     f"inside both masks for {n_ok} of {len(voxel)} scan pair(s) in "
                     "<a href=\"voxelwise_agreement.tsv\">voxelwise_agreement.tsv</a>; searchlight maps "
                     f"({radius_mm:g} mm sphere) in group/voxelwise/.</p>")
-    sections.append(_lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration))
+    sections.append(lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration))
     sections.append("<h2 id=\"tables\">Tables (TSV)</h2><ul>" + "".join(
         f"<li><a href=\"{name}.tsv\">{name}.tsv</a> ({len(tables[name])} rows): {esc(text)}</li>"
         for name, text in _TABLES) + "</ul>")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qsmprep.reports import figures
+from qsmprep.reports import figures, lesion_figures
 from qsmprep.reports import qc as qcblock
 from qsmprep.reports.html import esc, img, page, table
 
@@ -130,7 +130,7 @@ LESION_REPORT_COLUMNS = ("lesion_id", "input_name", "portion", "class", "volume_
 
 def lesion_section(out_dir, rec, fig_dir):
     """The lesion table of one acquisition and a panel per lesion (χ with the lesion's outline and
-    its reference region, :func:`qsmprep.reports.figures.lesion_panels`); ``""`` without one."""
+    its reference region, :func:`qsmprep.reports.lesion_figures.lesion_panels`); ``""`` without one."""
     import pandas as pd
 
     from qsmprep.bids import derivative_path
@@ -151,10 +151,10 @@ def lesion_section(out_dir, rec, fig_dir):
             first = df.drop_duplicates("lesion_id").set_index("lesion_id")
             labels = {int(i): f"{r['input_name']}, {r['class']}" for i, r in first.iterrows()}
             ids = sorted(labels, key=lambda i: -float(first.loc[i, "volume_mm3"]))
-            png = figures.lesion_panels(fig_dir / f"{rec.prefix}_desc-lesions_panels.png", chi, les, ref, zooms,
+            png = lesion_figures.lesion_panels(fig_dir / f"{rec.prefix}_desc-lesions_panels.png", chi, les, ref, zooms,
                                         lesion_ids=ids, labels=labels, affine=affine)
             if png:
-                shown = min(len(ids), figures.MAX_LESION_PANELS)
+                shown = min(len(ids), lesion_figures.MAX_LESION_PANELS)
                 parts.append(img(png, "lesions", f"The {shown} largest of {len(ids)} lesion(s), each on the axial "
                                  "slice holding most of it: χ (window "
                                  f"{figures.CHI_WINDOW[0]} to {figures.CHI_WINDOW[1]} ppm), red the lesion, cyan the "
