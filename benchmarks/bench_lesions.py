@@ -8,7 +8,8 @@ Builds the demo phantom, keeps its own 13 lesions and adds spherical WM lesions 
 1.5-4 mm, +0.014 ppm relative to WM, at random WM positions away from other lesions) until
 there are ``--lesions``, adds Gaussian noise (0.01 ppm) to its χ, and times
 :func:`qsmprep.analysis.lesions.label_lesions` + ``lesion_statistics`` (no registration:
-the masks are on the GRE grid) in a forked child with its peak memory, also as a multiple of
+the masks are on the GRE grid; with MEDI's edge coverage and the reference map, as the
+pipeline's lesion step) in a forked child with its peak memory, also as a multiple of
 one FFT pair of the padded inversion grid timed around it.  It checks that the added
 lesions' mean relative χ is +0.014 ppm (±0.002).
 
@@ -98,10 +99,16 @@ def main(argv=None):
         added += 1
     chi += rng.normal(0.0, 0.01, chi.shape).astype(np.float32) * ph.brain_mask
 
-    def stage():
+    magnitude = ph.m0 * np.exp(-0.02 * ph.r2star)
+
+    def stage():  # as the pipeline's lesion step runs it after MEDI: edge coverage and reference map
+        from qsmprep.qsm.inversion.medi import edge_mask
+
         lesions, sources, _ = label_lesions(dseg, vs)
+        reference = np.zeros(lesions.shape, np.int32)
         rows, _ = lesion_statistics(chi, lesions, tissue, vs, ph.affine, r2star=ph.r2star, mask=ph.brain_mask,
-                                    source_labels=sources)
+                                    source_labels=sources, reference_out=reference,
+                                    edge_weights=edge_mask(magnitude, ph.brain_mask, vs))
         return rows
 
     def score(rows):
