@@ -116,6 +116,16 @@ def test_edge_coverage_of_medi_edge_weights(slab):
     assert r["chi_caution"] == "magnitude-edge-prior" and params["EdgeCoverageMin"] == 0.8
     r = _row(lesion_statistics(chi, lesions, tissue, VS, np.eye(4))[0], 1)
     assert math.isnan(r["edge_coverage"]) and r["chi_caution"] == ""
+    # the weights are MEDI's own edge mask, and only when MEDI made χ
+    from qsmprep.analysis.lesions import medi_edge_weights
+    from qsmprep.qsm.inversion.medi import edge_mask
+
+    mag = np.where(les, 0.5, 1.0).astype(np.float32)
+    brain = np.ones(shape, bool)
+    got = medi_edge_weights({"DipoleInversion": "medi", "DipoleInversionParameters": {"edge_fraction": 0.2}},
+                            mag, brain, VS)
+    assert np.array_equal(got, edge_mask(mag, brain, VS, edge_fraction=0.2))
+    assert medi_edge_weights({"DipoleInversion": "rts"}, mag, brain, VS) is None
 
 
 def test_vessels_leave_the_reference_and_do_not_bias_it(slab):

@@ -318,6 +318,20 @@ def lesion_statistics(chi, lesions, tissue, voxel_size, affine, *, r2star=None, 
     return rows, params
 
 
+def medi_edge_weights(chi_map, magnitude, mask, voxel_size):
+    """The edge weights that made χ when ``chi_map`` (the χ sidecar's ``DipoleInversion`` and
+    ``DipoleInversionParameters``) names MEDI or MEDI+0 — :func:`qsmprep.qsm.inversion.medi.edge_mask`
+    of the inversion's magnitude and mask with its ``edge_fraction`` — else None (the other
+    inversions have no magnitude prior: ``edge_coverage`` is then NaN)."""
+    if (chi_map or {}).get("DipoleInversion") not in ("medi", "medi+0") or magnitude is None or mask is None:
+        return None
+    from qsmprep.qsm.inversion.medi import edge_mask
+
+    fraction = chi_map.get("DipoleInversionParameters", {}).get("edge_fraction")
+    kw = {} if fraction is None else {"edge_fraction": float(fraction)}
+    return edge_mask(magnitude, mask, voxel_size, **kw)
+
+
 def lesion_parameters():
     """``{name: default}`` of the keyword options of :func:`label_lesions` and
     :func:`lesion_statistics` that a user may set (``--lesion-options``): the signatures are

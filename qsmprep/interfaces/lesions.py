@@ -10,7 +10,8 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from qsmprep.analysis.lesions import (
-    LESION_COLUMNS, TISSUE_CODES, label_lesions, lesion_parameters, lesion_statistics, tissue_from_labels,
+    LESION_COLUMNS, TISSUE_CODES, label_lesions, lesion_parameters, lesion_statistics, medi_edge_weights,
+    tissue_from_labels,
 )
 from qsmprep.analysis.roi import read_lut, write_roistats
 from qsmprep.interfaces.base import jsonable, load, load_mask, voxel_size_of
@@ -100,14 +101,9 @@ class LesionStats(SimpleInterface):
 
             to_t1w = read_affine(inp.to_t1w)
         reference = np.zeros(chi.shape, np.int32)
-        chi_map = dict(inp.meta).get("ChiMap", {}) if isdefined(inp.meta) else {}
-        edge_weights = None
-        if chi_map.get("DipoleInversion") in ("medi", "medi+0") and isdefined(inp.magnitude) and isdefined(inp.mask):
-            from qsmprep.qsm.inversion.medi import edge_mask
-
-            fraction = chi_map.get("DipoleInversionParameters", {}).get("edge_fraction")
-            kw = {} if fraction is None else {"edge_fraction": float(fraction)}
-            edge_weights = edge_mask(load(inp.magnitude)[0], load_mask(inp.mask), vs, **kw)
+        edge_weights = medi_edge_weights(dict(inp.meta).get("ChiMap", {}) if isdefined(inp.meta) else {},
+                                         load(inp.magnitude)[0] if isdefined(inp.magnitude) else None,
+                                         load_mask(inp.mask) if isdefined(inp.mask) else None, vs)
         rows, params = lesion_statistics(
             chi, lesions, tissue, vs, chi_img.affine, r2star=load(inp.r2star)[0] if isdefined(inp.r2star) else None,
             mask=load_mask(inp.mask) if isdefined(inp.mask) else None, to_t1w=to_t1w, source_labels=sources,
