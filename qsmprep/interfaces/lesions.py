@@ -101,13 +101,13 @@ class LesionStats(SimpleInterface):
 
             to_t1w = read_affine(inp.to_t1w)
         reference = np.zeros(chi.shape, np.int32)
+        mask = load_mask(inp.mask) if isdefined(inp.mask) else None
         edge_weights = medi_edge_weights(dict(inp.meta).get("ChiMap", {}) if isdefined(inp.meta) else {},
-                                         load(inp.magnitude)[0] if isdefined(inp.magnitude) else None,
-                                         load_mask(inp.mask) if isdefined(inp.mask) else None, vs)
+                                         load(inp.magnitude)[0] if isdefined(inp.magnitude) else None, mask, vs)
         rows, params = lesion_statistics(
             chi, lesions, tissue, vs, chi_img.affine, r2star=load(inp.r2star)[0] if isdefined(inp.r2star) else None,
-            mask=load_mask(inp.mask) if isdefined(inp.mask) else None, to_t1w=to_t1w, source_labels=sources,
-            edge_weights=edge_weights, reference_out=reference, **stats_kw)
+            mask=mask, to_t1w=to_t1w, source_labels=sources, edge_weights=edge_weights, reference_out=reference,
+            **stats_kw)
         names = read_lut(inp.lesion_lut) if isdefined(inp.lesion_lut) else {}
         for row in rows:
             row["input_name"] = names.get(row["input_label"], ("lesion", ""))[0]

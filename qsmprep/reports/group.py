@@ -43,7 +43,7 @@ from qsmprep.analysis.qc import QC_ID_COLUMNS, QC_METRICS, QC_NOT_AVAILABLE, loa
 from qsmprep.analysis.summary import comparison_level, roi_by_group
 from qsmprep.errors import InputError
 from qsmprep.reports import figures
-from qsmprep.reports.group_lesions import calibration_section, lesion_section, scan_sites, write_tsv
+from qsmprep.reports.group_lesions import calibration_section, lesion_section, write_tsv
 from qsmprep.reports.html import badge, esc, img, page, status_class
 
 LOGGER = logging.getLogger("nipype.workflow")
@@ -241,14 +241,8 @@ def _qc_only_group(out_dir, participant_label, bids_dir=None, site_factors=None,
     note = ("<p>No ROI tables (<code>*_desc-&lt;atlas&gt;_roistats.tsv</code>): the participant level writes them "
             "when a T1w and <code>--segmentation-dir</code> or <code>--template</code>/<code>--atlas</code> are "
             "given, so this report has only the QC table.</p>")
-    lesion_html = lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration)
-    if site_factors:
-        from qsmprep.analysis.lesion_group import load_lesion_table
-
-        table = load_lesion_table(out_dir, participant_label)
-        note += calibration_section(site_factors, scan_sites(out_dir, bids_dir, table) if not table.empty else {},
-                                     calibration)
-    note += lesion_html
+    lesion_html, lesion_sites = lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration)
+    note += calibration_section(site_factors, lesion_sites, calibration) + lesion_html
     atomic_write_text(gdir / "group.html", page("qsmprep group report", _qc_section(qc_entries, qc_df) + note))
     LOGGER.info("group level: QC of %d acquisition(s) only (no ROI tables); %s", len(qc_df), gdir)
     return gdir
@@ -299,7 +293,9 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0, calib
     by = comparison_level(long)
     by_group = roi_by_group(long, by=by)
     n_scans, n_part = long["scan"].nunique(), long["participant_id"].nunique()
-    sections = [_qc_section(qc_entries, qc_df), calibration_section(site_factors, sites, calibration)]
+    lesion_html, lesion_sites = lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration)
+    sections = [_qc_section(qc_entries, qc_df), calibration_section(site_factors, {**sites, **lesion_sites},
+                                                                    calibration)]
     sections.append(f"<p>{n_part} participant(s), {n_scans} scan(s), atlases: "
                     f"{esc(', '.join(sorted(long['atlas'].unique())))}. Sites: "
                     f"{esc(', '.join(map(str, sorted(long['site'].astype(str).unique()))))}; vendors: "
@@ -341,7 +337,7 @@ def run_group(bids_dir, out_dir, participant_label=None, *, radius_mm=3.0, calib
                     f"inside both masks for {n_ok} of {len(voxel)} scan pair(s) in "
                     "<a href=\"voxelwise_agreement.tsv\">voxelwise_agreement.tsv</a>; searchlight maps "
                     f"({radius_mm:g} mm sphere) in group/voxelwise/.</p>")
-    sections.append(lesion_section(out_dir, gdir, participant_label, bids_dir, site_factors, calibration))
+    sections.append(lesion_html)
     sections.append("<h2 id=\"tables\">Tables (TSV)</h2><ul>" + "".join(
         f"<li><a href=\"{name}.tsv\">{name}.tsv</a> ({len(tables[name])} rows): {esc(text)}</li>"
         for name, text in _TABLES) + "</ul>")

@@ -27,13 +27,14 @@ def scan_sites(out_dir, bids_dir, table):
             for _, r in firsts.iterrows()}
 
 
-def calibration_section(site_factors, scan_sites, path):
-    """The report's account of the per-site calibration (``--calibration``)."""
+def calibration_section(site_factors, sites, path):
+    """The report's account of the per-site calibration (``--calibration``); ``sites``:
+    ``{scan: site}`` of every calibrated scan."""
     if not site_factors:
         return ""
-    used = sorted(set(scan_sites.values()))
+    used = sorted(set(sites.values()))
     rows = "".join(f"<tr><td class=\"t\">{esc(site)}</td><td>{site_factors[site]:.4f}</td><td>"
-                   f"{sum(1 for s in scan_sites.values() if s == site)}</td></tr>" for site in used)
+                   f"{sum(1 for s in sites.values() if s == site)}</td></tr>" for site in used)
     return ("<h2 id=\"calibration\">Calibration</h2><p class=\"caption\">χ values of this report and its tables "
             f"(ROI rows of map chi, lesion χ columns, voxel-wise agreement) are multiplied by their site's factor "
             f"from {esc(str(path))} (reference / measured tube-phantom slope, <code>qsmprep calibrate</code>); "
@@ -45,19 +46,25 @@ def calibration_section(site_factors, scan_sites, path):
 def lesion_section(out_dir, gdir, participant_label, bids_dir=None, site_factors=None, calibration=None):
     """``lesions.tsv`` (every lesion row of every scan), ``lesion_stats.tsv`` (t-tests per
     lesion kind and class, :func:`qsmprep.analysis.lesion_group.lesion_group_stats`), a strip
-    plot per kind, and the report's section; ``""`` when no scan has a lesion table."""
+    plot per kind, and the report's section.
+
+    Returns ``(html, sites)``: ``""`` when no scan has a lesion table; ``sites`` is ``{scan:
+    site}`` of the lesion scans that ``site_factors`` calibrated (empty without them), for
+    :func:`calibration_section`.
+    """
     from qsmprep.analysis.lesion_group import lesion_group_stats, lesion_observations, load_lesion_table
     from qsmprep.reports.html import table
 
     lesions = load_lesion_table(out_dir, participant_label)
-    factors = None
+    factors, sites = None, {}
     if site_factors and not lesions.empty:
         from qsmprep.analysis.calibration import CALIBRATED_LESION_COLUMNS, calibrate_table, scan_factors
 
-        factors = scan_factors(scan_sites(out_dir, bids_dir, lesions), site_factors, calibration)
+        sites = scan_sites(out_dir, bids_dir, lesions)
+        factors = scan_factors(sites, site_factors, calibration)
         lesions = calibrate_table(lesions, factors, CALIBRATED_LESION_COLUMNS)
     if lesions.empty:
-        return ""
+        return "", sites
     stats = lesion_group_stats(lesions)
     write_tsv(lesions, gdir / "lesions.tsv")
     write_tsv(stats, gdir / "lesion_stats.tsv")
@@ -93,4 +100,4 @@ def lesion_section(out_dir, gdir, participant_label, bids_dir=None, site_factors
                          f"increase of at least 6 % ({len(flagged)} of {len(change)}; "
                          "<a href=\"lesion_change.tsv\">lesion_change.tsv</a>).</p>"
                          + table(change[change["status"] == "matched"]))
-    return "\n".join(parts)
+    return "\n".join(parts), sites

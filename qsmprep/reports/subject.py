@@ -151,8 +151,8 @@ def lesion_section(out_dir, rec, fig_dir):
             first = df.drop_duplicates("lesion_id").set_index("lesion_id")
             labels = {int(i): f"{r['input_name']}, {r['class']}" for i, r in first.iterrows()}
             ids = sorted(labels, key=lambda i: -float(first.loc[i, "volume_mm3"]))
-            png = lesion_figures.lesion_panels(fig_dir / f"{rec.prefix}_desc-lesions_panels.png", chi, les, ref, zooms,
-                                        lesion_ids=ids, labels=labels, affine=affine)
+            png = lesion_figures.lesion_panels(fig_dir / f"{rec.prefix}_desc-lesions_panels.png", chi, les, ref,
+                                               zooms, lesion_ids=ids, labels=labels, affine=affine)
             if png:
                 shown = min(len(ids), lesion_figures.MAX_LESION_PANELS)
                 parts.append(img(png, "lesions", f"The {shown} largest of {len(ids)} lesion(s), each on the axial "
