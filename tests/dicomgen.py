@@ -17,10 +17,13 @@ from qsmprep.dicom.export import write_series
 
 _COMMON = {"MagneticFieldStrength": 3.0, "RepetitionTime": 35.0, "FlipAngle": 15.0,
            "ScanningSequence": "GR", "SequenceVariant": "SP", "MRAcquisitionType": "3D"}
+#: the patient and study tags a scanner writes (what ``dicom2bids --keep-identity`` keeps)
+IDENTITY = {"PatientBirthDate": "19700101", "PatientSex": "F", "AccessionNumber": "ACC0042",
+            "AcquisitionDate": "20260315", "AcquisitionTime": "101530"}
 
 
 def _tags(ph, vendor, e, image_type, protocol, extra=None):
-    tags = dict(_COMMON, Manufacturer=vendor, ImageType=image_type, ProtocolName=protocol,
+    tags = dict(_COMMON, **IDENTITY, Manufacturer=vendor, ImageType=image_type, ProtocolName=protocol,
                 EchoTime=float(ph.tes[e]) * 1000.0, EchoNumbers=e + 1, EchoTrainLength=len(ph.tes))
     tags.update(extra or {})
     return tags
@@ -91,7 +94,7 @@ def write_t1w(root, img, *, patient="PHANTOM01", study_uid=None):
     """A T1w series (MPRAGE-like) from a NIfTI image."""
     data = np.asarray(img.dataobj, dtype=np.float64)
     data = np.rint(data / max(data.max(), 1e-9) * 4000.0)
-    tags = dict(_COMMON, Manufacturer="SIEMENS", ImageType=["ORIGINAL", "PRIMARY", "M", "ND", "NORM"],
+    tags = dict(_COMMON, **IDENTITY, Manufacturer="SIEMENS", ImageType=["ORIGINAL", "PRIMARY", "M", "ND", "NORM"],
                 ProtocolName="t1_mprage_sag", EchoTime=2.3, RepetitionTime=2300.0, InversionTime=900.0,
                 FlipAngle=8.0, ScanningSequence="GR\\IR", SequenceVariant="SK\\SP\\MP")
     write_series(data, img.affine, root / "t1w", series_description="t1_mprage_sag", units="t1w",

@@ -111,10 +111,23 @@ def test_participant_dicom_export(tmp_path):
         vol, ds = _read_series(dicom / suffix)
         slope = float(ds[0].RescaleSlope)
         assert np.abs(vol - data).max() <= slope / 2 + 1e-6, suffix
-        assert ds[0].PatientID == "sub-01"
+        assert ds[0].PatientID == "sub-01" and ds[0].PatientIdentityRemoved == "YES"  # no source identity
         studies |= {d.StudyInstanceUID for d in ds}
         frames |= {d.FrameOfReferenceUID for d in ds}
         if suffix == "Chimap":
             assert "whole-brain" in ds[0].SeriesDescription
             _same_grid_and_values(_dcm2niix(dicom / suffix, tmp_path / "nii"), data, img.affine, slope / 2 + 1e-6)
     assert len(studies) == 1 and len(frames) == 1
+
+
+def test_source_identity_needs_the_patient_and_writes_dicom_dates():
+    from qsmprep.dicom.export import source_identity
+
+    assert source_identity({"StudyInstanceUID": "1.2.3", "PatientBirthDate": "1970-01-01"}) == {}  # anonymised
+    tags = source_identity({"PatientID": "P1", "PatientBirthDate": "1970-01-01", "PatientSex": "M",
+                            "AcquisitionDateTime": "2026-03-15T10:15:30.250000", "EchoTime": 0.004})
+    assert tags == {"PatientID": "P1", "PatientBirthDate": "19700101", "PatientSex": "M",
+                    "StudyDate": "20260315", "StudyTime": "101530"}
+    # a value that is no DICOM date is left out, not written malformed; a study date of its own wins
+    assert source_identity({"PatientID": "P1", "PatientBirthDate": "unknown", "StudyDate": "20250101",
+                            "AcquisitionDateTime": "2026-03-15T10:15:30"}) == {"PatientID": "P1", "StudyDate": "20250101"}

@@ -13,9 +13,10 @@ from bidsutils import demo_with_tkd_preset
 from qsmprep.cli.run import main
 from qsmprep.demo import render_t1w
 
-def _participant(bids, out, preset):
+
+def _participant(bids, out, preset, *extra):
     return main([str(bids), str(out), "participant", "-w", str(out) + "-work", "--no-coreg", "--nprocs", "2",
-                 "--config", str(preset)])
+                 "--config", str(preset), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,14 @@ def test_converted_dicoms_give_the_demo_chi(tmp_path, small_phantom, small_gre, 
     vendor, per_echo, parts, unit = VARIANTS[variant]
     ph, (signal, _) = small_phantom, small_gre
     dicom = tmp_path / "dicom"
-    dicomgen.write_gre(dicom / "nested" / "deeper", ph, signal, vendor, per_echo_series=per_echo)
-    dicomgen.write_t1w(dicom, render_t1w("small"))
+    study = "1.2.826.0.1.3680043.8.498.1042"
+    dicomgen.write_gre(dicom / "nested" / "deeper", ph, signal, vendor, per_echo_series=per_echo, study_uid=study)
+    dicomgen.write_t1w(dicom, render_t1w("small"), study_uid=study)
     before = _tree(dicom)
     bids = tmp_path / "bids"
-    assert main(["dicom2bids", str(dicom), str(bids), "--participant-label", "sub-01"]) == 0
+    keep = variant == "siemens-one-series"  # one variant keeps the identity and exports DICOM
+    assert main(["dicom2bids", str(dicom), str(bids), "--participant-label", "sub-01",
+                 *(["--keep-identity"] if keep else [])]) == 0
     assert _tree(dicom) == before  # the DICOM folder is never written
     anat = bids / "sub-01" / "anat"
     expected = {f"sub-01_echo-{e}_part-{p}_MEGRE.nii.gz" for e in range(1, 5) for p in parts} | {"sub-01_T1w.nii.gz"}
@@ -59,14 +63,27 @@ def test_converted_dicoms_give_the_demo_chi(tmp_path, small_phantom, small_gre, 
     desc = json.loads((bids / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "raw" and desc["GeneratedBy"][1]["Name"] == "dcm2niix"
     assert not (bids / "sourcedata").exists()
+    identity = {"PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
+                "AcquisitionDateTime"}
+    # anonymised unless asked (dcm2niix's -ba y): no patient or study tag in any sidecar
+    assert identity <= set(meta) if keep else not identity & set(meta)
     chi_ref, preset = reference
-    assert _participant(bids, tmp_path / "out", preset) == 0
+    assert _participant(bids, tmp_path / "out", preset, *(["--dicom-export"] if keep else [])) == 0
     chi = nib.load(tmp_path / "out/sub-01/anat/sub-01_Chimap.nii.gz").get_fdata()
     both = (chi != 0) & (chi_ref != 0)
     assert both.sum() > 0.99 * (chi_ref != 0).sum()
     assert np.corrcoef(chi[both], chi_ref[both])[0, 1] > 0.99
     side = json.loads((tmp_path / "out/sub-01/anat/sub-01_Chimap.json").read_text())
     assert side["PhaseUnits"] == unit
+    assert not identity & set(side)  # identity never reaches the derivatives' sidecars
+    if keep:  # the exported maps join the source patient and study (a PACS files them together)
+        import pydicom
+
+        for folder in (tmp_path / "out/sub-01/dicom").iterdir():
+            ds = pydicom.dcmread(next(folder.glob("*.dcm")))
+            assert (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID) == ("PHANTOM01", "PHANTOM01", study)
+            assert (ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber) == ("19700101", "F", "ACC0042")
+            assert (ds.StudyDate, ds.StudyTime, ds.PatientIdentityRemoved) == ("20260315", "101530", "NO")
 
 
 def test_unusable_series_are_listed_not_guessed(tmp_path, small_phantom, small_gre, capsys):

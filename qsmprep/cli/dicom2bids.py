@@ -23,6 +23,11 @@ def get_dicom2bids_parser():
                         help="participant label (letters and digits; a leading sub- is removed)")
     parser.add_argument("--session-label", "--session_label", type=_label("ses-"), default=None,
                         help="session label (a leading ses- is removed)")
+    parser.add_argument("--keep-identity", "--keep_identity", action="store_true",
+                        help="keep the patient and study tags (name, ID, birth date, study UID, ...) in the "
+                        "sidecars, so that --dicom-export files the maps with the source scan in a PACS; "
+                        "off by default: the sidecars are anonymised, as dcm2niix does, because BIDS data "
+                        "are made to be shared")
     _add_verbosity(parser)
     return parser
 
@@ -35,7 +40,7 @@ def main_dicom2bids(argv):
     _setup_logging(opts.verbosity)
     quiet = opts.verbosity < 0
     report = dicom2bids(opts.dicom_dir, opts.bids_dir, opts.participant_label, opts.session_label,
-                        log=(lambda *_: None) if quiet else print)
+                        keep_identity=opts.keep_identity, log=(lambda *_: None) if quiet else print)
     if not quiet:
         print(f"qsmprep dicom2bids: {len(report['written'])} file(s) written into {opts.bids_dir}, "
               f"{len(report['listed'])} series not converted, in {report['seconds']:.1f} s")

@@ -213,8 +213,13 @@ def plan(converted):
     return targets, listed
 
 
-def dicom2bids(dicom_dir, bids_dir, participant, session=None, *, dcm2niix=None, log=print):
+def dicom2bids(dicom_dir, bids_dir, participant, session=None, *, keep_identity=False, dcm2niix=None, log=print):
     """Convert ``dicom_dir`` into participant ``participant`` (session ``session``) of ``bids_dir``.
+
+    The sidecars are anonymised (dcm2niix's default, ``-ba y``): a BIDS dataset is made to be
+    shared.  ``keep_identity`` keeps the patient and study tags dcm2niix then writes
+    (``PatientName``, ``PatientID``, ``StudyInstanceUID``, ...; ``-ba n``), so that
+    ``participant --dicom-export`` files the maps under the source patient and study in a PACS.
 
     Returns ``{"written": [paths], "listed": [(converted file name, reason)], "seconds": s}``.
     """
@@ -236,7 +241,8 @@ def dicom2bids(dicom_dir, bids_dir, participant, session=None, *, dcm2niix=None,
     prefix = f"sub-{participant}" + (f"_ses-{session}" if session else "")
     out = bids_dir / f"sub-{participant}" / (f"ses-{session}" if session else "") / "anat"
     with tempfile.TemporaryDirectory(prefix="qsmprep-dicom2bids-") as tmp:
-        res = subprocess.run([exe, "-b", "y", "-ba", "y", "-z", "y", "-i", "n", "-f", "s%3s_%p", "-o", tmp,
+        anonymise = "n" if keep_identity else "y"
+        res = subprocess.run([exe, "-b", "y", "-ba", anonymise, "-z", "y", "-i", "n", "-f", "s%3s_%p", "-o", tmp,
                               str(dicom_dir)], capture_output=True, text=True)
         converted = []
         for js in sorted(Path(tmp).glob("*.json")):
@@ -278,5 +284,8 @@ def dicom2bids(dicom_dir, bids_dir, participant, session=None, *, dcm2niix=None,
         log(f"  wrote {dest.relative_to(bids_dir)}")
     for nii, reason in listed:
         log(f"  not converted: {nii.name[:-7]}: {reason}")
+    if keep_identity:
+        log("  the sidecars keep the patient and study tags of the DICOMs (--keep-identity): "
+            "do not share this dataset as it is")
     return {"written": written, "listed": [(p.name, r) for p, r in listed],
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -28,6 +28,38 @@ STORED_MAX = 32000
 #: UCUM codes of the maps' units.
 UCUM = {"ppm": ("ppm", "[ppm]"), "1/s": ("per second", "/s"), "s": ("second", "s")}
 _LPS = np.diag([-1.0, -1.0, 1.0])
+#: The source scan's patient and study tags that an export copies into its series, so that a
+#: PACS files the maps with the scan they came from.  dcm2niix writes them into the BIDS sidecars
+#: only when it does not anonymise (``qsmprep dicom2bids --keep-identity``).
+IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientWeight",
+                 "StudyInstanceUID", "StudyID", "AccessionNumber", "StudyDate", "StudyTime", "StudyDescription")
+
+
+def source_identity(meta):
+    """The source DICOMs' patient and study tags (:data:`IDENTITY_TAGS`) found in a BIDS sidecar.
+
+    Empty when the sidecar has no ``PatientID`` (an anonymised conversion): a study UID or a
+    birth date without the patient they belong to is not copied.  Dates and times come back in
+    DICOM's form (dcm2niix writes ``1970-01-01``; DICOM's DA is ``19700101``, TM ``hhmmss``) and
+    one that does not parse is left out rather than written malformed.  ``StudyDate``/
+    ``StudyTime`` come from ``AcquisitionDateTime`` (``YYYY-MM-DDThh:mm:ss``) when the sidecar
+    has no study date of its own, so that the maps' study carries the day of the scan.
+    """
+    meta = meta or {}
+    if not str(meta.get("PatientID") or "").strip():
+        return {}
+    tags = {key: meta[key] for key in IDENTITY_TAGS if meta.get(key) not in (None, "")}
+    acquired = str(meta.get("AcquisitionDateTime") or "")
+    if "StudyDate" not in tags and "T" in acquired:
+        tags["StudyDate"], tags["StudyTime"] = acquired.split("T", 1)
+    for key, digits in (("PatientBirthDate", 8), ("StudyDate", 8), ("StudyTime", 6)):
+        if key in tags:
+            value = str(tags[key]).replace("-", "").replace(":", "").split(".")[0]
+            if len(value) >= digits and value[:digits].isdigit():
+                tags[key] = value[:digits]
+            else:
+                del tags[key]
+    return tags
 
 
 def rescale(data):
@@ -78,7 +110,7 @@ def _ds(value):
 
 def write_series(data, affine, out_dir, *, series_description, units, series_number, patient_id,
                  patient_name=None, study_uid=None, frame_of_reference_uid=None, study_description="qsmprep",
-                 mask=None, extra=None, series_uid=None, scaling=None):
+                 mask=None, extra=None, series_uid=None, scaling=None, identity=None):
     """Write a 3D map as one DICOM series (one file per slice) into ``out_dir``; returns the files.
 
     ``units``: ``"ppm"``, ``"1/s"`` or ``"s"``.  ``study_uid`` and ``frame_of_reference_uid``
@@ -155,6 +187,13 @@ def write_series(data, affine, out_dir, *, series_description, units, series_num
             code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = unit_code, "UCUM", unit_name
             rwv.MeasurementUnitsCodeSequence = [code]
             ds.RealWorldValueMappingSequence = [rwv]
+            if identity:
+                for key, value in identity.items():
+                    setattr(ds, key, value)
+                ds.PatientIdentityRemoved = "NO"
+            else:
+                ds.PatientIdentityRemoved = "YES"
+                ds.DeidentificationMethod = "qsmprep: patient and study named from the BIDS entities"
             for key, value in (extra or {}).items():
                 setattr(ds, key, value)
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()

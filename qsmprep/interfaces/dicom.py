@@ -26,6 +26,8 @@ class _DicomExportInputSpec(BaseInterfaceInputSpec):
     out_dir = traits.Str(mandatory=True, desc="derivatives root")
     entities = traits.Dict(mandatory=True, desc="subject / session / acquisition / run")
     reference = traits.Str("", usedefault=True, desc="χ's reference region, for the series description")
+    identity = traits.Dict(desc="the source DICOMs' patient and study tags (GreRecord.identity); "
+                                "without them the patient and study are named from the entities")
 
 
 class _DicomExportOutputSpec(TraitedSpec):
@@ -35,7 +37,8 @@ class _DicomExportOutputSpec(TraitedSpec):
 class DicomExport(SimpleInterface):
     """χ, R2*, T2* as DICOM series under ``sub-<L>[/ses-<S>]/dicom/<suffix>[_acq-<A>][_run-<R>]/``
     (:func:`qsmprep.dicom.export.write_series`); the maps of an acquisition share a study and a
-    frame of reference whose UIDs derive from its BIDS entities (stable across re-runs)."""
+    frame of reference whose UIDs derive from its BIDS entities (stable across re-runs), or the
+    source scan's patient and study when the dataset kept them (``dicom2bids --keep-identity``)."""
 
     input_spec = _DicomExportInputSpec
     output_spec = _DicomExportOutputSpec
@@ -50,6 +53,7 @@ class DicomExport(SimpleInterface):
                        if ent.get(name))
         study = generate_uid(entropy_srcs=["qsmprep-study", str(sub), str(ses or "")])
         frame = generate_uid(entropy_srcs=["qsmprep-frame", *(f"{k}={v}" for k, v in sorted(ent.items()))])
+        identity = dict(self.inputs.identity) if isdefined(self.inputs.identity) else {}
         mask = None
         if isdefined(self.inputs.mask):
             mask = np.asarray(nib.load(self.inputs.mask).dataobj) > 0
@@ -65,7 +69,7 @@ class DicomExport(SimpleInterface):
             write_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, out, series_description=description,
                          units=units, series_number=number, patient_id=f"sub-{sub}", study_uid=study,
                          frame_of_reference_uid=frame, study_description=f"qsmprep sub-{sub}" + (f" ses-{ses}" if ses else ""),
-                         mask=mask)
+                         mask=mask, identity=identity)
             series.append(str(out))
         self._results["series"] = series
         return runtime

@@ -233,7 +233,7 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
             from qsmprep.interfaces.dicom import DicomExport
 
             dicom = pe.Node(DicomExport(out_dir=str(output_dir), entities=dict(rec.entities),
-                                        reference=_stage(stages, "reference")[0]),
+                                        identity=dict(rec.identity), reference=_stage(stages, "reference")[0]),
                             name=f"dicom_{label}")
             maps = ["chi", "mask_filled"] + (["r2star", "t2star"] if rec.n_echoes > 1 else [])
             workflow.connect([(gre_wf, dicom, [(f"outputnode.{m}", "mask" if m == "mask_filled" else m)
