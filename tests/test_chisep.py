@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bidsutils import check_bidsignore
 from qsmprep.demo import CHISEP_SOURCES, DEEP_GREY_LABELS, DEMO_DR, DEMO_LABELS, LESION_LABELS
 from qsmprep.qsm.chisep import (
     DR_3T_HZ_PER_PPM, _consistent_offset, chi_separation, parameters, relaxometric_constant, separate,
@@ -215,6 +216,10 @@ def test_demo_writes_both_sources_with_their_record(chisep_demo, capsys):
     assert "paramagnetic" in html and "diamagnetic" in html
     citation = (chisep_demo / "derivatives/qsmprep/logs/CITATION.md").read_text()
     assert "chi-separation" in citation and "Shin" in citation and "R2* - R2" in citation
+
+
+def test_chisep_derivatives_pass_the_bids_validator(chisep_demo, tmp_path):
+    check_bidsignore(chisep_demo / "derivatives/qsmprep", tmp_path, expect_needed=("*_R2primemap.*",))
 
 
 def test_r2_dir_needs_chisep_and_a_map_per_acquisition(chisep_demo, tmp_path):

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bidsutils import check_bidsignore
 from qsmprep.analysis.validation import compare_roi_means, format_comparison
 from qsmprep.cli.run import main
 from qsmprep.demo import DEEP_GREY_LABELS, label_name
@@ -54,6 +55,17 @@ def _rel(sub, ses):
 
 def _name(stem, suffix, desc):
     return f"{stem}_{'desc-' + desc + '_' if desc else ''}{suffix}"
+
+
+def test_derivatives_pass_the_bids_validator(demo, tmp_path):
+    """Registration, ROI and lesion tables, two sessions: no validator error; the space-T1w maps
+    name their SpatialReference (the T1w), and each non-standard .bidsignore line is needed."""
+    deriv = demo / "derivatives" / "qsmprep"
+    side = json.loads((deriv / "sub-01/anat/sub-01_space-T1w_Chimap.json").read_text())
+    assert side["SpatialReference"] == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    check_bidsignore(deriv, tmp_path, expect_needed=("*_desc-totalfield_fieldmap.*", "*_desc-localfield_fieldmap.*",
+                                                     "*_desc-echoaverage_magnitude.*", "*_roistats.*",
+                                                     "*_lesionstats.*", "*_xfm.*"))
 
 
 def test_outputs_and_sidecars(demo):

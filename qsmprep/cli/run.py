@@ -35,9 +35,19 @@ from qsmprep.errors import InputError
 LOGGER = logging.getLogger("nipype.workflow")
 
 
-#: Lines of the derivatives' ``.bidsignore``.
+#: Lines of the derivatives' ``.bidsignore``: what the BIDS validator should not hold to BIDS
+#: names.  First what is not BIDS data at all: reports, figures, logs, the DICOM export, the QC
+#: metrics (a JSON file without an image), the group level's tables.
 BIDSIGNORE = ("*.html", "sub-*/figures", "sub-*/log", "logs", "sub-*/dicom", "sub-*/ses-*/dicom",
               "*_desc-qc_metrics.json", "group")
+#: Then the outputs whose names DESIGN.md fixes but BIDS (1.9, the validator's schema) has no rule
+#: for: a ppm field map and a T2*-weighted echo average in ``anat/`` (``fieldmap`` and
+#: ``magnitude`` are fmap suffixes, whose rules want Hz/rad/s/T and a magnitude partner), R2′,
+#: the ROI and lesion tables, and the transforms (no ``_xfm`` rule yet).  Every other output
+#: is held to BIDS; ``tests/test_bids_validator.py`` checks that each line here is needed.
+BIDSIGNORE_NONSTANDARD = ("*_desc-totalfield_fieldmap.*", "*_desc-localfield_fieldmap.*",
+                          "*_desc-echoaverage_magnitude.*", "*_desc-echoaveragebrain_magnitude.*",
+                          "*_R2primemap.*", "*_roistats.*", "*_lesionstats.*", "*_xfm.*")
 
 
 def write_dataset_description(output_dir, config):
@@ -57,13 +67,14 @@ def write_dataset_description(output_dir, config):
     }
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(output_dir) / "dataset_description.json", desc)
-    # what the BIDS validator should not hold to BIDS names: reports, figures, logs, the DICOM
-    # export, the QC metrics (a JSON file without an image), the group level's tables
+    # an existing .bidsignore keeps the user's lines and gains the ones it lacks
     ignore = Path(output_dir) / ".bidsignore"
-    if not ignore.exists():
+    have = ignore.read_text().splitlines() if ignore.exists() else []
+    missing = [line for line in BIDSIGNORE + BIDSIGNORE_NONSTANDARD if line not in have]
+    if missing:
         from qsmprep.interfaces.derivatives import atomic_write_bytes
 
-        text = "\n".join(BIDSIGNORE) + "\n"
+        text = "".join(f"{line}\n" for line in have + missing)
         atomic_write_bytes(ignore, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -244,7 +244,7 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         if anat is not None and anat.coreg:
             if rec.t1w:
                 coreg = init_anat_wiring(workflow, gre_wf, rec, anat=anat, resources=anat_resources, output_dir=output_dir,
-                                 sources=sources,
+                                 sources=sources, t1w_uri=_bids_uri(rec.t1w, bids_dir),
                                  common_meta=common_meta, omp_nthreads=omp_nthreads, label=label,
                                  has_chisep=has_chisep)
                 workflow.connect([(coreg, qc_node, [("outputnode.t1w_preproc", "t1w"),
@@ -314,7 +314,7 @@ def _resolve_anat(anat, records, bids_dir=None):
 
 
 def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sources, common_meta, omp_nthreads,
-                     label, has_chisep=False):
+                     label, has_chisep=False, t1w_uri=None):
     """Connect GRE → T1w coregistration, the optional template registration and the ROI tables.
 
     Returns the coregistration workflow (its outputs feed the QC registration check).
@@ -334,7 +334,7 @@ def init_anat_wiring(workflow, gre_wf, rec, *, anat, resources, output_dir, sour
     has_r2 = rec.n_echoes > 1
     derivs = {"output_dir": output_dir, "entities": rec.entities, "sources": sources, "common_meta": common_meta}
     coreg = init_coreg_wf(has_r2star=has_r2, sloppy=anat.sloppy, omp_nthreads=omp_nthreads,
-                          name=f"coreg_{label}_wf", **derivs)
+                          t1w_uri=t1w_uri, name=f"coreg_{label}_wf", **derivs)
     coreg.inputs.inputnode.t1w = rec.t1w
     maps = [("average", "average"), ("mask_filled", "mask"), ("chi", "chi"), ("chi_info", "chi_info")] + ([("r2star", "r2star")] if has_r2 else [])
     workflow.connect([(gre_wf, coreg, [(f"outputnode.{a}", f"inputnode.{b}") for a, b in maps])])

@@ -20,7 +20,7 @@ XFM_T1W2GRE = "from-T1w_to-GRE_mode-image_xfm"
 
 def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), sloppy=False, has_r2star=True,
                   omp_nthreads=1, output_dir=None, entities=None, sources=None, common_meta=None,
-                  name="coreg_wf"):
+                  t1w_uri=None, name="coreg_wf"):
     """Register the GRE echo-averaged magnitude to the T1w and resample χ, R2* and mask to T1w.
 
     The T1w is bias-corrected (N4) and skull-stripped (``brain_extraction``); the GRE
@@ -47,6 +47,9 @@ def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), s
     output_dir, entities, sources, common_meta : optional
         When ``output_dir`` is given, the transforms and the ``space-T1w`` maps are written
         as derivatives of the acquisition ``entities``.
+    t1w_uri : str, optional
+        The T1w's BIDS URI, the ``SpatialReference`` of the ``space-T1w`` maps (BIDS asks for
+        one where the space is not a standard template).
 
     Inputs
     ------
@@ -104,23 +107,28 @@ def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), s
 
     if output_dir is not None:
         _connect_derivatives(workflow, outputnode, output_dir=output_dir, entities=entities, sources=sources,
-                             common_meta=common_meta, has_r2star=has_r2star)
+                             common_meta=common_meta, has_r2star=has_r2star, t1w_uri=t1w_uri)
     return workflow
 
 
-def _connect_derivatives(workflow, outputnode, *, output_dir, entities, sources, common_meta, has_r2star):
+def _connect_derivatives(workflow, outputnode, *, output_dir, entities, sources, common_meta, has_r2star,
+                         t1w_uri=None):
     if entities is None:
         raise ValueError("entities are needed to name the derivatives")
     meta = dict(common_meta or {})
+    in_t1w = {"SpatialReference": t1w_uri} if t1w_uri else {}
     srcs = list(sources or [])
     outputs = [
         ("xfm_gre2t1w", XFM_GRE2T1W, None, None, ".mat", {"FromSpace": "GRE", "ToSpace": "T1w"}),
         ("xfm_t1w2gre", XFM_T1W2GRE, None, None, ".mat", {"FromSpace": "T1w", "ToSpace": "GRE"}),
-        ("chi_t1w", "Chimap", "T1w", "ppm", ".nii.gz", {"SkullStripped": True, "Interpolation": "linear"}),
-        ("mask_t1w", "mask", "T1w", None, ".nii.gz", {"Type": "Brain", "Interpolation": "nearest neighbour"}),
+        ("chi_t1w", "Chimap", "T1w", "ppm", ".nii.gz",
+         {"SkullStripped": True, "Interpolation": "linear", **in_t1w}),
+        ("mask_t1w", "mask", "T1w", None, ".nii.gz",
+         {"Type": "Brain", "Interpolation": "nearest neighbour", **in_t1w}),
     ]
     if has_r2star:
-        outputs.append(("r2star_t1w", "R2starmap", "T1w", "1/s", ".nii.gz", {"Interpolation": "linear"}))
+        outputs.append(("r2star_t1w", "R2starmap", "T1w", "1/s", ".nii.gz",
+                        {"SkullStripped": False, "Interpolation": "linear", **in_t1w}))
     for field, suffix, space, units, ext, fixed in outputs:
         sink = pe.Node(
             DerivativesSink(out_dir=str(output_dir), entities=dict(entities), suffix=suffix, extension=ext,
