@@ -32,7 +32,7 @@ def write_dilated_mask(mask_file, out_file, radius_mm):
 
 
 def coregister_gre_to_t1w(fixed, moving, out_dir, *, fixed_mask=None, moving_mask=None, stages=("rigid", "affine"),
-                          preset="precise", dilate_mm=4.0, random_seed=42, num_threads=1):
+                          preset="gre2t1w", dilate_mm=4.0, random_seed=42, num_threads=1):
     """Affine registration of the GRE echo-averaged magnitude (``moving``) to the T1w (``fixed``).
 
     Linear stages of :func:`qsmprep.anat.registration.register` (Mattes mutual information,
@@ -48,7 +48,8 @@ def coregister_gre_to_t1w(fixed, moving, out_dir, *, fixed_mask=None, moving_mas
     fixed_mask, moving_mask : path-like, optional
         T1w brain mask (dilated, then the fixed metric mask) and GRE brain mask.
     stages, preset, random_seed, num_threads
-        As in :func:`qsmprep.anat.registration.register`.
+        As in :func:`qsmprep.anat.registration.register`; ``preset`` ``gre2t1w`` is the
+        3-level schedule measured for this registration (see ``LINEAR_PRESETS``).
     dilate_mm : float
         Dilation of ``fixed_mask`` (mm).
 

@@ -68,7 +68,8 @@ class _CoregInputSpec(BaseInterfaceInputSpec):
     moving_mask = File(exists=True, desc="GRE brain mask (metric mask)")
     stages = traits.List(traits.Enum("rigid", "affine"), value=["rigid", "affine"], usedefault=True,
                          desc="linear stages, in order")
-    preset = traits.Enum("precise", "sloppy", usedefault=True, desc="registration settings")
+    preset = traits.Enum("gre2t1w", "precise", "sloppy", usedefault=True,
+                         desc="registration settings (LINEAR_PRESETS; gre2t1w as coregister_gre_to_t1w)")
     dilate_mm = traits.Float(4.0, usedefault=True, desc="dilation of the T1w brain mask for the metric")
     random_seed = traits.Int(42, usedefault=True, desc="seed of the metric sampling")
     num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
@@ -84,9 +85,9 @@ class _CoregOutputSpec(TraitedSpec):
 class CoregGREtoT1w(SimpleInterface):
     """Affine registration of the GRE echo-averaged magnitude to the T1w (:func:`qsmprep.anat.coregister_gre_to_t1w`).
 
-    Rigid then affine, Mattes mutual information, 4-level pyramid (antsRegistrationSyN[a]
-    schedule), metric restricted to the dilated T1w brain mask so the skull and neck of the
-    T1w do not drive the fit.
+    Rigid then affine, Mattes mutual information, the ``gre2t1w`` 3-level pyramid by default
+    (``precise``: antsRegistrationSyN[a]'s 4 levels), metric restricted to the dilated T1w brain
+    mask so the skull and neck of the T1w do not drive the fit.
     """
 
     input_spec = _CoregInputSpec

@@ -26,8 +26,8 @@ def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), s
     The T1w is bias-corrected (N4) and skull-stripped (``brain_extraction``); the GRE
     echo-averaged magnitude (``average``, with the head: its skull and scalp help nothing
     since the metric is restricted to the dilated T1w brain mask) is registered to the
-    bias-corrected T1w with ANTs rigid then affine stages, Mattes mutual information and a
-    4-level pyramid.  χ and R2* are resampled into T1w space with linear interpolation, the
+    bias-corrected T1w with ANTs rigid then affine stages, Mattes mutual information and the
+    ``gre2t1w`` 3-level pyramid (:data:`qsmprep.anat.registration.LINEAR_PRESETS`).  χ and R2* are resampled into T1w space with linear interpolation, the
     mask with nearest neighbour.
 
     Parameters
@@ -75,7 +75,7 @@ def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), s
     skullstrip = pe.Node(T1wBrainExtraction(method=brain_extraction, num_threads=omp_nthreads),
                          name="t1w_skullstrip", n_procs=omp_nthreads, mem_gb=1.0)
     coreg = pe.Node(
-        CoregGREtoT1w(stages=list(stages), preset="sloppy" if sloppy else "precise", num_threads=omp_nthreads),
+        CoregGREtoT1w(stages=list(stages), preset="sloppy" if sloppy else "gre2t1w", num_threads=omp_nthreads),
         name="coreg_gre2t1w", n_procs=omp_nthreads, mem_gb=1.5,
     )
     workflow.connect([
