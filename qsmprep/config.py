@@ -31,6 +31,7 @@ from qsmprep.errors import InputError
 METHODS = {
     "phase_units": ("auto", "radians", "degrees", "int12", "int12-signed", "uint16", "rescale"),
     "phase_offset": ("none", "mcpc3ds"),
+    "denoise": ("none", "mppca"),
     "unwrapping": ("laplacian", "romeo", "skimage"),
     "combination": ("linear", "nonlinear", "per-echo"),
     "r2star": ("loglinear", "arlo"),
@@ -49,7 +50,7 @@ METHODS = {
 #: 0.70, TV 0.35 vs 0.60; README, ``benchmarks/bench_pipeline.py``); PDF stays one preset
 #: line away.
 DEFAULT_METHODS = {
-    "phase_units": "auto", "phase_offset": "none", "unwrapping": "laplacian", "combination": "linear",
+    "phase_units": "auto", "phase_offset": "none", "denoise": "none", "unwrapping": "laplacian", "combination": "linear",
     "r2star": "loglinear", "echo_average": "rss", "masking": "threshold", "background": "lbv",
     "inversion": "medi", "reference": "whole-brain", "chi_separation": "none",
 }
@@ -81,6 +82,7 @@ LISTED_OPTIONS = {
     ("masking", "bet"): ("f", "g", "refine", "erode_mm"),
     ("masking", "none"): ("refine", "erode_mm"),
     ("chi_separation", "chisep"): ("lambda_", "lambda_rule", "edge_fraction", "r2"),
+    ("denoise", "mppca"): ("patch_radius",),
 }
 
 #: Where the pipeline deliberately departs from a function's own default (a choice, not a
@@ -105,6 +107,10 @@ def signature_defaults(stage, method):
         return masking.default_parameters(method)
     if stage == "r2star":
         return keyword_defaults(echoes.r2star_map, exclude=("method", "mask"))
+    if stage == "denoise" and method == "mppca":
+        from qsmprep.qsm import denoise
+
+        return keyword_defaults(denoise.denoise_magnitude, exclude=("mask",))
     if stage == "chi_separation" and method == "chisep":
         from qsmprep.qsm import chisep
 

@@ -168,3 +168,19 @@ def test_bet_vertical_axis_comes_from_the_affine(tmp_path, small_phantom, small_
         masks.append(m if name == "up" else m[..., ::-1])
     dice = 2 * (masks[0] & masks[1]).sum() / (masks[0].sum() + masks[1].sum())
     assert dice > 0.99
+
+
+def test_denoise_interface_writes_the_magnitude_and_records_itself(tmp_path):
+    from qsmprep.interfaces.echoes import DenoiseMagnitude
+
+    rng = np.random.default_rng(0)
+    decay = np.exp(-np.array([0.004, 0.009, 0.014, 0.019]) * 30.0)
+    mag = np.abs(100.0 * decay + rng.normal(0, 2.0, (12, 12, 10, 4))).astype(np.float32)
+    path = write_image(tmp_path / "mag.nii.gz", mag, np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = DenoiseMagnitude(magnitude=str(path), params={"patch_radius": 1}).run(cwd=tmp_path).outputs
+    den, img = _load(out.magnitude)
+    assert den.shape == mag.shape and np.allclose(img.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert np.abs(den - 100.0 * decay).mean() < 0.5 * np.abs(mag - 100.0 * decay).mean()
+    assert out.info["MagnitudeDenoising"] == "mppca" and out.info["PhaseDenoising"] == "none"
+    assert out.info["MagnitudeDenoisingParameters"] == {"patch_radius": 1}
+    assert 1.0 < out.info["MagnitudeNoiseSigmaMedian"] < 3.0

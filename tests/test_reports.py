@@ -21,11 +21,12 @@ def test_boilerplate_follows_the_configuration():
     cfg = Config()
     cfg.update_workflow({"unwrapping": "romeo", "combination": "nonlinear", "background": "vsharp",
                          "inversion": {"method": "tv", "params": {"lambda_rule": "lcurve"}},
-                         "reference": "csf", "phase_offset": "mcpc3ds"})
+                         "reference": "csf", "phase_offset": "mcpc3ds", "denoise": "mppca"})
     cfg.anat.template, cfg.anat.atlases, cfg.anat.roi_erode = "MNI152NLin2009cAsym", ["HOSPA:th25"], 1
     text, keys = citation.methods_text(cfg, [_record(), _record(subject="02", t1w=None)])
     assert "2 participant(s) with 3-echo MEGRE data at 3 T (TE = 4, 12, 20 ms; voxel size 1 × 1 × 2 mm" in text
     assert "ROMEO" in text and "MCPC-3D-S" in text and "nonlinear complex-domain" in text
+    assert "Marchenko-Pastur" in text and "patch_radius = 2" in text
     assert "V-SHARP" in text and "radius_max_mm = 12" in text
     assert "total-variation" in text and "L-curve corner" in text and "lambda = 0.0002" in text
     assert "ventricular CSF" in text and "MNI152NLin2009cAsym" in text and "HOSPA:th25" in text
@@ -33,7 +34,7 @@ def test_boilerplate_follows_the_configuration():
     for absent in ("Laplacian-based", "projection onto dipole", "MEDI", "segmentations"):
         assert absent not in text, absent
     assert keys[:1] == ["gorgolewski2011"] and {"dymerska2021", "liu2013nonlinear", "bilgic2014l1",
-                                                "fonov2009", "straub2017", "eckstein2018"} <= set(keys)
+                                                "fonov2009", "straub2017", "eckstein2018", "veraart2016"} <= set(keys)
     # every reference mark points into the numbered list, every listed reference is cited
     marks = {int(m) for m in re.findall(r"\[(\d+)\]", text.split("## References")[0])}
     assert marks == set(range(1, len(keys) + 1))

@@ -104,3 +104,22 @@ def test_progress_reporter_counts_steps_per_participant():
     assert lines == ["progress sub-01: 1/3 steps done, 0 running, 0:01:05 elapsed",
                      "progress sub-01: 1/3 steps done, 0 running, 1 failed, 0:01:05 elapsed"]
     assert rep.line("02") == "progress sub-02: 0/2 steps done, 1 running, 0:01:05 elapsed"
+
+
+def test_denoise_stage_feeds_every_magnitude_consumer_and_needs_echoes():
+    cfg = mock_config(denoise="mppca", phase_offset="mcpc3ds")
+    assert cfg.workflow.stages["denoise"].params == {"patch_radius": 2}
+    wf = init_gre_wf(echo_times=[0.004, 0.008, 0.012], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))
+    graph = wf._graph
+    denoise = wf.get_node("denoise")
+    fed = {dst.name for _, dst, data in graph.out_edges(denoise, data=True)
+           if ("magnitude", "magnitude") in data["connect"]}
+    assert fed == {"unwrap", "fit_field", "echo_average", "r2star", "phase_offset"}
+    load = wf.get_node("load")
+    raw = {dst.name for _, dst, data in graph.out_edges(load, data=True)
+           if any(src == "magnitude" for src, _ in data["connect"])}
+    assert raw == {"denoise", "outputnode"}  # QC's magnitude4d is the measured one
+    assert "denoise" not in _node_names(init_gre_wf(echo_times=[0.004, 0.008, 0.012], b0=3.0,
+                                                    stages=mock_config().workflow.stages, shape=(8, 8, 8)))
+    with pytest.raises(InputError, match="at least 3"):
+        init_gre_wf(echo_times=[0.004, 0.008], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))

@@ -18,7 +18,7 @@ from pathlib import Path
 from qsmprep import __version__
 
 #: stages in the order they run, with the words that introduce them
-_STAGE_ORDER = ("phase_units", "phase_offset", "unwrapping", "combination", "r2star", "echo_average",
+_STAGE_ORDER = ("phase_units", "phase_offset", "denoise", "unwrapping", "combination", "r2star", "echo_average",
                 "masking", "background", "inversion", "reference")
 #: parameters that are bookkeeping rather than method settings
 _SKIP_PARAMS = {"lambda_rule", "refine", "mask"}
@@ -229,6 +229,9 @@ def methods_text(config, records, out_dir=None):
     offset = stages["phase_offset"].method
     if offset != "none":
         phase.append(use(f"phase_offset:{offset}"))
+    dn = stages["denoise"] if "denoise" in stages else None
+    if dn is not None and dn.method != "none":
+        phase.append(use(f"denoise:{dn.method}", _params_text(dn.params)))
     un = stages["unwrapping"]
     phase.append(use(f"unwrapping:{un.method}", _params_text(un.params)))
     comb = stages["combination"]

@@ -95,6 +95,26 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
 
     units_method, _ = _stage(stages, "phase_units")
     load = pe.Node(LoadGRE(phase_units=units_method), name="load", mem_gb=mem_4d)
+    # what every later stage reads: the magnitude (denoised when asked) and the phase record
+    mag_src, info_src = (load, "magnitude"), (load, "phase_info")
+    dn_method, dn_params = _stage(stages, "denoise") if "denoise" in stages else ("none", {})
+    if dn_method != "none":
+        from qsmprep.interfaces.echoes import DenoiseMagnitude
+        from qsmprep.qsm.denoise import MIN_ECHOES
+
+        if n_echoes < MIN_ECHOES:
+            raise InputError(f"denoise '{dn_method}' works across echoes and needs at least {MIN_ECHOES}; this "
+                             f"acquisition has {n_echoes} (set denoise to 'none')")
+        denoise = pe.Node(DenoiseMagnitude(params=dn_params), name="denoise", mem_gb=_gb(10 * vol_bytes * n_echoes))
+        phase_info = pe.Node(
+            Function(input_names=["first", "second", "third"], output_names=["out"], function=merge_dicts),
+            name="phase_info", run_without_submitting=True,
+        )
+        phase_info.inputs.third = {}
+        workflow.connect([(load, denoise, [("magnitude", "magnitude")]),
+                          (load, phase_info, [("phase_info", "first")]),
+                          (denoise, phase_info, [("info", "second")])])
+        mag_src, info_src = (denoise, "magnitude"), (phase_info, "out")
 
     unwrap_method, unwrap_params = _stage(stages, "unwrapping")
     unwrap = pe.Node(
@@ -145,7 +165,8 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
             mem_gb=mem_4d,
         )
         workflow.connect([
-            (load, offset, [("phase", "phase"), ("magnitude", "magnitude")]),
+            (load, offset, [("phase", "phase")]),
+            (mag_src[0], offset, [(mag_src[1], "magnitude")]),
             (offset, unwrap, [("phase", "phase")]),
         ])
     else:
@@ -154,9 +175,10 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     field_out = "echo_fields" if echo_strategy == "per-echo" else "field"
     workflow.connect([
         (inputnode, load, [("magnitude", "magnitude"), ("phase", "phase"), ("real", "real"), ("imag", "imag")]),
-        (load, unwrap, [("magnitude", "magnitude")]),
-        (load, average, [("magnitude", "magnitude")]),
-        (load, fit, [("magnitude", "magnitude"), ("phase", "phase")]),
+        (mag_src[0], unwrap, [(mag_src[1], "magnitude")]),
+        (mag_src[0], average, [(mag_src[1], "magnitude")]),
+        (mag_src[0], fit, [(mag_src[1], "magnitude")]),
+        (load, fit, [("phase", "phase")]),
         (unwrap, fit, [("unwrapped", "unwrapped")]),
         (average, mask, [("average", "magnitude")]),
         (fit, background, [(field_out, "field"), ("noise", "noise")]),
@@ -169,8 +191,8 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         (inversion, reference, [("chi", "chi")]),
         (background, reference, [("mask", "mask")]),
         (reference, outputnode, [("chi", "chi")]),
-        (load, outputnode, [("phase_units", "phase_units"), ("phase_info", "phase_info"), ("b0_dir", "b0_dir"),
-                            ("magnitude", "magnitude4d")]),
+        (load, outputnode, [("phase_units", "phase_units"), ("b0_dir", "b0_dir"), ("magnitude", "magnitude4d")]),
+        (info_src[0], outputnode, [(info_src[1], "phase_info")]),
         (unwrap, outputnode, [("unwrapped", "unwrapped")]),
         (fit, outputnode, [("offset", "field_offset")]),
         (mask, outputnode, [("mask", "mask"), ("mask_filled", "mask_filled"), ("brain", "brain"),
@@ -187,7 +209,7 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
             R2Star(method=r2_method, params=r2_params, echo_times=list(echo_times)), name="r2star", mem_gb=mem_4d
         )
         workflow.connect([
-            (load, r2star, [("magnitude", "magnitude")]),
+            (mag_src[0], r2star, [(mag_src[1], "magnitude")]),
             (r2star, inversion, [("r2star", "r2star")]),
             (r2star, reference, [("r2star", "r2star")]),
             (r2star, outputnode, [("r2star", "r2star"), ("t2star", "t2star"), ("info", "r2star_info")]),
@@ -212,7 +234,7 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         name="chi_info", run_without_submitting=True,
     )
     workflow.connect([
-        (load, merge, [("phase_info", "first")]),
+        (info_src[0], merge, [(info_src[1], "first")]),
         (inversion, merge, [("info", "second")]),
         (reference, merge, [("info", "third")]),
         (merge, outputnode, [("out", "chi_info")]),
