@@ -36,13 +36,17 @@ def _jit(func):
     return njit(cache=True, nogil=True)(func)
 
 
-def _push_edges_impl(v, weights, valid, visited, strides, nxt, head, level):  # pragma: no cover - numba
-    """Queue the edges from visited voxel ``v`` to its unvisited neighbours; return the lowest bin."""
-    n = valid.size
+def _push_edges_impl(v, weights, visited, strides, nxt, head, level):  # pragma: no cover - numba
+    """Queue the edges from visited voxel ``v`` to its unvisited neighbours; return the lowest bin.
+
+    An edge with a voxel outside the mask has no weight (bin ``N_BINS``; see
+    :func:`unwrap_romeo_volume`), so the mask itself is not read here.
+    """
+    n = visited.size
     for a in range(3):
         u = v + strides[a]
         e = v * 3 + a
-        if u < n and weights[e] < N_BINS and valid[u] and not visited[u]:
+        if u < n and weights[e] < N_BINS and not visited[u]:
             b = weights[e]
             nxt[e] = head[b]
             head[b] = e
@@ -50,7 +54,7 @@ def _push_edges_impl(v, weights, valid, visited, strides, nxt, head, level):  # 
         w = v - strides[a]
         if w >= 0:
             e = w * 3 + a
-            if weights[e] < N_BINS and valid[w] and not visited[w]:
+            if weights[e] < N_BINS and not visited[w]:
                 b = weights[e]
                 nxt[e] = head[b]
                 head[b] = e
@@ -58,19 +62,17 @@ def _push_edges_impl(v, weights, valid, visited, strides, nxt, head, level):  # 
     return level
 
 
-def _grow_impl(phase, weights, valid, strides, order, push):  # pragma: no cover - compiled by numba
+def _grow_impl(phase, weights, valid, strides, order, nxt, head, push):  # pragma: no cover - numba
     n = phase.size
     visited = np.zeros(n, dtype=np.bool_)
     out = phase.copy()
-    nxt = np.full(weights.size, -1, dtype=np.int64)
-    head = np.full(N_BINS, -1, dtype=np.int64)
     two_pi = 2.0 * np.pi
     for seed_idx in range(order.size):
         seed = order[seed_idx]
         if visited[seed] or not valid[seed]:
             continue
         visited[seed] = True
-        level = push(seed, weights, valid, visited, strides, nxt, head, N_BINS)
+        level = push(seed, weights, visited, strides, nxt, head, N_BINS)
         while level < N_BINS:
             e = head[level]
             if e < 0:
@@ -84,7 +86,7 @@ def _grow_impl(phase, weights, valid, strides, order, push):  # pragma: no cover
             src, new = (v, u) if visited[v] else (u, v)
             out[new] = out[new] + two_pi * np.round((out[src] - out[new]) / two_pi)
             visited[new] = True
-            level = push(new, weights, valid, visited, strides, nxt, head, level)
+            level = push(new, weights, visited, strides, nxt, head, level)
     return out, visited
 
 
@@ -98,7 +100,12 @@ def _grow_compiled():
         grow = _jit(_grow_impl)
 
         def _grow(phase, weights, valid, strides, order):
-            return grow(phase, weights, valid, strides, order, push)
+            # the edge queue's links (one per edge) and bucket heads: 32-bit while the edge ids
+            # fit, which halves the memory the growth reads at random (the loop is memory-bound)
+            index = np.int32 if weights.size < 2**31 - 1 else np.int64
+            nxt = np.full(weights.size, -1, dtype=index)
+            head = np.full(N_BINS, -1, dtype=index)
+            return grow(phase, weights, valid, strides, order, nxt, head, push)
 
     return _grow
 
@@ -190,7 +197,7 @@ def unwrap_romeo_volume(phase, *, mag=None, phase2=None, te_ratio=None, mask=Non
         sl_hi[a] = slice(1, None)
         both = valid[tuple(sl_lo)] & valid[tuple(sl_hi)]
         q[a][tuple(sl_lo)] *= both  # (the last plane along a has no forward edge: q is 0 there)
-    bins = np.clip(np.round((1.0 - q) * (N_BINS - 1)), 0, N_BINS - 1).astype(np.int64)
+    bins = np.clip(np.round((1.0 - q) * (N_BINS - 1)), 0, N_BINS - 1).astype(np.uint16)
     bins[q <= 0] = N_BINS  # no edge
     weights = np.ascontiguousarray(np.moveaxis(bins, 0, -1)).reshape(-1)  # edge id = voxel * 3 + axis
     # voxel quality: mean quality of its edges; seeds in order of decreasing quality
@@ -199,7 +206,7 @@ def unwrap_romeo_volume(phase, *, mag=None, phase2=None, te_ratio=None, mask=Non
     key = np.round((1.0 - vq * valid) * 65535).astype(np.uint16).reshape(-1)
     order = np.argsort(key, kind="stable").astype(np.int64)
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
-    out, _ = _grow_compiled()(phase.reshape(-1).astype(np.float64), weights, valid.reshape(-1), strides, order)
+    out, _ = _grow_compiled()(phase.reshape(-1), weights, valid.reshape(-1), strides, order)
     return out.reshape(shape).astype(np.float32), vq
 
 
