@@ -61,6 +61,7 @@ def test_series_reads_back_in_ppm_with_the_oblique_geometry(oblique, tmp_path):
     assert np.abs(vol - chi).max() <= slope / 2 + 1e-9
     assert len({d.SeriesInstanceUID for d in ds}) == 1 and len({d.SOPInstanceUID for d in ds}) == len(ds)
     assert ds[0].SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and ds[0].Modality == "MR"
+    assert "PatientIdentityRemoved" not in ds[0]  # no identity given: the writer claims nothing
     unit = ds[0].RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0]
     assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("[ppm]", "UCUM")
     # the window covers the brain's 1st-99th percentiles

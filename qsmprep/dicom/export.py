@@ -118,7 +118,10 @@ def write_series(data, affine, out_dir, *, series_description, units, series_num
     instance get new UIDs.  ``extra``: further top-level tags (keyword -> value).  The series
     is written into a temporary folder beside ``out_dir`` and renamed into place, so an
     interrupted export never leaves a partial series under its final name; an existing
-    series there is replaced.
+    series there is replaced.  ``identity``: the source scan's patient and study tags
+    (:func:`source_identity`), written over ``patient_id``/``patient_name``/``study_uid``
+    (``PatientIdentityRemoved`` ``NO``); an empty one says that the caller named the patient
+    instead (``YES``, with a ``DeidentificationMethod``); ``None`` writes neither tag.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -191,7 +194,7 @@ def write_series(data, affine, out_dir, *, series_description, units, series_num
                 for key, value in identity.items():
                     setattr(ds, key, value)
                 ds.PatientIdentityRemoved = "NO"
-            else:
+            elif identity is not None:
                 ds.PatientIdentityRemoved = "YES"
                 ds.DeidentificationMethod = "qsmprep: patient and study named from the BIDS entities"
             for key, value in (extra or {}).items():
