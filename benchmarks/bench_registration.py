@@ -13,10 +13,10 @@ The T1w of demo subject 1 is moved by known head motions (:data:`MOTIONS`, up to
   runs the same schedule as ``gre2t1w``): seconds and the rotation / translation error
   against the known motion, and the deep-grey χ ROI-mean error of T1w labels brought into GRE
   space (against the true GRE labels; plain and eroded by one voxel);
-* T1w→template SyN (precise and ``--sloppy``; on the first motion's T1w): the template is another demo subject (seed 1,
-  different pose and anatomy χ; TemplateFlow's MNI templates are not available offline), with
-  the error as the Dice overlap of its deep-grey labels warped onto the subject against the
-  subject's true labels.
+* T1w→template SyN (precise and ``--sloppy``; on the first motion's T1w): the template is
+  another demo subject (seed 1, different pose and anatomy χ; TemplateFlow's MNI templates
+  are not available offline), with the error as the Dice overlap of its deep-grey labels
+  warped onto the subject against the subject's true labels.
 
 Prints seconds per step and the peak resident memory (``ru_maxrss``).  Numbers depend on the
 machine and its load: report them with the core count.
@@ -83,7 +83,8 @@ def main(argv=None):
         truth[:3, 3] = -m_rot.T @ np.array(motion[3:])
         t = time.perf_counter()
         be = brain_extract_t1w(t1w_path, root / f"be_m{m}", num_threads=args.threads)
-        print(f"motion {m} {motion}: T1w brain extraction (N4 + threshold): {time.perf_counter() - t:.1f} s", flush=True)
+        print(f"motion {m} {motion}: T1w brain extraction (N4 + threshold): {time.perf_counter() - t:.1f} s",
+              flush=True)
         if first is None:
             first = (t1w_path, labels_t1w, be)
         write_dilated_mask(be["mask"], root / "mask_dil.nii.gz", 4.0)

@@ -50,8 +50,8 @@ METHODS = {
 #: 0.70, TV 0.35 vs 0.60; README, ``benchmarks/bench_pipeline.py``); PDF stays one preset
 #: line away.
 DEFAULT_METHODS = {
-    "phase_units": "auto", "phase_offset": "none", "denoise": "none", "unwrapping": "laplacian", "combination": "linear",
-    "r2star": "loglinear", "echo_average": "rss", "masking": "threshold", "background": "lbv",
+    "phase_units": "auto", "phase_offset": "none", "denoise": "none", "unwrapping": "laplacian",
+    "combination": "linear", "r2star": "loglinear", "echo_average": "rss", "masking": "threshold", "background": "lbv",
     "inversion": "medi", "reference": "whole-brain", "chi_separation": "none",
 }
 

@@ -130,5 +130,6 @@ def test_source_identity_needs_the_patient_and_writes_dicom_dates():
     assert tags == {"PatientID": "P1", "PatientBirthDate": "19700101", "PatientSex": "M",
                     "StudyDate": "20260315", "StudyTime": "101530"}
     # a value that is no DICOM date is left out, not written malformed; a study date of its own wins
-    assert source_identity({"PatientID": "P1", "PatientBirthDate": "unknown", "StudyDate": "20250101",
-                            "AcquisitionDateTime": "2026-03-15T10:15:30"}) == {"PatientID": "P1", "StudyDate": "20250101"}
+    tags = source_identity({"PatientID": "P1", "PatientBirthDate": "unknown", "StudyDate": "20250101",
+                            "AcquisitionDateTime": "2026-03-15T10:15:30"})
+    assert tags == {"PatientID": "P1", "StudyDate": "20250101"}

@@ -27,8 +27,8 @@ def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), s
     echo-averaged magnitude (``average``, with the head: its skull and scalp help nothing
     since the metric is restricted to the dilated T1w brain mask) is registered to the
     bias-corrected T1w with ANTs rigid then affine stages, Mattes mutual information and the
-    ``gre2t1w`` 3-level pyramid (:data:`qsmprep.anat.registration.LINEAR_PRESETS`).  χ and R2* are resampled into T1w space with linear interpolation, the
-    mask with nearest neighbour.
+    ``gre2t1w`` 3-level pyramid (:data:`qsmprep.anat.registration.LINEAR_PRESETS`).  χ and R2*
+    are resampled into T1w space with linear interpolation, the mask with nearest neighbour.
 
     Parameters
     ----------
