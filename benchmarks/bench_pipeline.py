@@ -17,6 +17,7 @@ the machine: report them with its core count, the FFT-pair column compares acros
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -66,7 +67,14 @@ def main(argv=None):
     if args.config:
         cmd += ["--config", args.config]
     t0, started = time.perf_counter(), time.time()
-    rc = qsmprep_main(cmd)
+    # the resource monitor writes its .proc-* samples into the working directory of the
+    # process that runs an interface: keep them in the run's folder, not the caller's
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        rc = qsmprep_main(cmd)
+    finally:
+        os.chdir(cwd)
     wall = time.perf_counter() - t0
     if rc:
         return rc
