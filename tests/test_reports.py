@@ -2,8 +2,6 @@
 
 import re
 
-import pytest
-
 from qsmprep.bids import GreRecord
 from qsmprep.config import Config
 from qsmprep.reports import citation

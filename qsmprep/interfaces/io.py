@@ -10,7 +10,7 @@ from nipype.interfaces.base import (
 )
 
 from qsmprep.errors import InputError
-from qsmprep.interfaces.base import QSMInputSpec, load, save_like
+from qsmprep.interfaces.base import QSMInputSpec, save_like
 from qsmprep.qsm import kernels
 from qsmprep.qsm.phase import PHASE_UNITS, PhaseUnitsError, complex_to_polar, detect_phase_units, scale_phase
 
