@@ -12,8 +12,9 @@ padded inversion grid) and compared with the raw magnitude on:
 
 * R2* (the pipeline's log-linear fit) against the same fit of the noiseless signal, over the
   true brain: RMSE, median |error| and mean error (1/s);
-* χ through the default stages that read the magnitude: Laplacian unwrapping (the phase is
-  not denoised, so it is the same for both), the magnitude-weighted linear field fit with its
+* χ through the default stages that read the magnitude, after Laplacian unwrapping (the
+  default when this was measured; it reads no magnitude and the phase is not denoised, so
+  the unwrapped phase is the same for both), the magnitude-weighted linear field fit with its
   noise map, LBV and MEDI (magnitude edge mask, noise weights), on the *true* brain mask so
   that only the magnitude differs: NRMSE against the true χ over LBV's mask (both demeaned
   there) and the deep-grey mean |error| (ppm, relative to the mask mean).

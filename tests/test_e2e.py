@@ -92,7 +92,7 @@ def test_outputs_and_sidecars(demo):
         assert chi_meta["ReferenceRegion"] == "whole-brain"
         assert chi_meta["DipoleInversion"] == "medi" and chi_meta["BackgroundRemoval"] == "lbv"
         assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
-        assert chi_meta["UnwrappingMethod"] == "laplacian" and chi_meta["EchoCombination"] == "linear"
+        assert chi_meta["UnwrappingMethod"] == "romeo" and chi_meta["EchoCombination"] == "linear"
         assert chi_meta["SkullStripped"] is True
         # what the sidecars record is what the functions' signatures say (one source of defaults)
         from qsmprep.config import PIPELINE_CHOICES, default_stages, signature_defaults

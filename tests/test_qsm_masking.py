@@ -267,9 +267,9 @@ def test_refined_mask_has_no_skull_on_demo_small(method, small_phantom, small_gr
     assert info["method"] == method and info["refine"] and info["noise_threshold"] > 0
 
 
-def test_default_laplacian_pipeline_quality_leaves_no_skull(small_phantom, small_gre):
-    """The quality map the default (Laplacian) unwrapping hands to the mask refinement is
-    ROMEO's voxel quality, so the default pipeline's tight mask has no skull/air voxel."""
+def test_laplacian_unwrapping_quality_leaves_no_skull(small_phantom, small_gre):
+    """The quality map Laplacian unwrapping (a preset; the default is ROMEO) hands to the mask
+    refinement is ROMEO's voxel quality too, so its tight mask has no skull/air voxel."""
     from qsmprep.qsm.unwrap import unwrap_echoes
 
     sig = small_gre[0]

@@ -46,7 +46,8 @@ class _UnwrapInputSpec(QSMInputSpec):
     magnitude = File(exists=True, desc="4D magnitude (quality-guided methods use it)")
     echo_times = traits.List(traits.Float, desc="echo times (s), for temporal unwrapping")
     mask = File(exists=True, desc="optional mask")
-    method = traits.Str("laplacian", usedefault=True, desc="unwrapping method")
+    method = traits.Str(mandatory=True,
+                        desc="unwrapping method (its default: config.DEFAULT_METHODS)")
     params = traits.Dict(desc="method-specific keyword parameters")
 
 
