@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_qsm.py [--size full|small] [--workers 2] [--background vsharp,pdf,lbv,ismv,resharp]
-                                   [--inversion tkd,tikhonov,ilsqr,medi,medi+0,tv,nltv,rts] [--chisep r2map,gre-only]
+                                   [--inversion tkd,tikhonov,ilsqr,medi,medi:solver=admm,medi+0,tv,nltv,rts]
+                                   [--chisep r2map,gre-only]
 
 Background removal runs on the phantom's total field with its true brain mask and is scored
 against the true local field (relative RMSE and correlation inside the valid mask) and by
@@ -30,12 +31,23 @@ from scipy import ndimage as ndi
 from _common import fft_pair_seconds, header, in_child, inversion_grid, row
 
 
+def _value(text):
+    """A ``KEY=VALUE`` option's value: JSON (numbers, true/false) where it parses, else the string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["small", "full"], default="full")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--background", default="vsharp,pdf,lbv,ismv,resharp")
-    parser.add_argument("--inversion", default="tkd,tikhonov,ilsqr,medi,medi+0,tv,nltv,rts")
+    parser.add_argument("--inversion", default="tkd,tikhonov,ilsqr,medi,medi:solver=admm,medi+0,tv,nltv,rts",
+                        help="methods, each METHOD[:KEY=VALUE...] (e.g. medi:solver=admm)")
     parser.add_argument("--chisep", default="r2map,gre-only", help="chi-separation R2' sources ('' for none)")
     opts = parser.parse_args(argv)
 
@@ -88,9 +100,12 @@ def main(argv=None):
     true_roi = np.array([truth[ph.labels == lab].mean() for lab in DEEP_GREY_LABELS])
     from qsmprep.qsm.echoes import phase_per_ppm
 
-    for method in filter(None, opts.inversion.split(",")):
-        # nlTV's data term is scaled by the phase of 1 ppm over the echo spacing, as the pipeline does
-        extra = {"phase_scale": phase_per_ppm(ph.tes, ph.b0)} if method == "nltv" else {}
+    for spec in filter(None, opts.inversion.split(",")):
+        # METHOD[:KEY=VALUE...], e.g. medi:solver=admm (values as JSON where they parse, else strings)
+        method, *pairs = spec.split(":")
+        extra = {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
+        if method == "nltv":  # its data term is scaled by the phase of 1 ppm over the echo spacing, as the pipeline does
+            extra["phase_scale"] = phase_per_ppm(ph.tes, ph.b0)
 
         def run_inversion(sl=(slice(None),) * 3, method=method, extra=extra):
             return invert(field[sl], mask[sl], ph.voxel_size, ph.b0_dir, method=method, magnitude=magnitude[sl],
@@ -107,7 +122,7 @@ def main(argv=None):
         (nrmse, err, slope, iters), dt, peak, unit = in_child(
             run_inversion, score_inversion, [field, mask, magnitude, noise], warmup=lambda: run_inversion(crop),
             pair=(grid, opts.workers))
-        print(row(f"inversion {method}", dt, unit, peak,
+        print(row(f"inversion {spec}", dt, unit, peak,
                   f"NRMSE {nrmse:.3f}  deep-grey |err| {err:.4f} ppm  slope {slope:.3f}  {iters}"))
 
     modes = [m for m in opts.chisep.split(",") if m]

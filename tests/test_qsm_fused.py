@@ -73,6 +73,37 @@ def test_periodic_divergence_shrink_and_data_split(shape, vs):
     np.testing.assert_allclose(rhs, ref - (y - ref), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("vs", VOXELS)
+def test_weighted_anisotropic_shrink(shape, vs):
+    """MEDI's ADMM step: each component of ∇χ + u soft-thresholded at t·w (w = 0: kept as it is)."""
+    x, _, z, u = _data(shape)
+    weights = np.random.default_rng(2).integers(0, 3, (3,) + shape).astype(np.float32) / 2  # 0, 0.5, 1
+    g = _pgrad(x, vs) + u
+    t = 0.4 * weights
+    ref = np.sign(g) * np.maximum(np.abs(g) - t, 0)
+    assert ((ref == 0) & (weights > 0)).any() and ((ref != 0) & (weights > 0)).any()
+    z2, u2 = z.copy(), u.copy()
+    _fused.shrink_weighted(x, z2, u2, 0.4, weights, vs)
+    np.testing.assert_allclose(z2, ref, atol=1e-5)
+    np.testing.assert_allclose(u2, g - ref, atol=1e-5)
+
+
+def test_kspace_step_and_change_norms():
+    rng = np.random.default_rng(4)
+    shape = (7, 6, 4)
+    xk, kd = ((rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64) for _ in range(2))
+    mud, inv_denom, d = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    ref = (xk + kd * mud) * inv_denom
+    _fused.kspace_step(xk, kd, mud, inv_denom, d)
+    np.testing.assert_allclose(xk, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kd, ref * d, rtol=1e-5, atol=1e-6)
+    a, b = rng.standard_normal((2,) + shape).astype(np.float32)
+    diff, size = _fused.change_norms(a, b)
+    assert diff == pytest.approx(float(((a.astype(np.float64) - b) ** 2).sum()), rel=1e-9)
+    assert size == pytest.approx(float((a.astype(np.float64) ** 2).sum()), rel=1e-9)
+
+
 @pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis
 def test_half_spectrum_inner_product_and_lsqr(pad):
     mask = np.zeros((20, 22, 17), bool)

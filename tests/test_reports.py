@@ -39,6 +39,15 @@ def test_boilerplate_follows_the_configuration():
     assert text.count("\n1. ") == 1 and f"\n{len(keys)}. " in text
 
 
+def test_boilerplate_names_medis_solver():
+    cfg = Config()
+    text, keys = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "MEDI" in text and "ADMM" not in text and "milovic2018" not in keys
+    cfg.update_workflow({"inversion": {"method": "medi", "params": {"solver": "admm"}}})
+    text, keys = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "minimised by ADMM" in text and "solver = admm" in text and "milovic2018" in keys
+
+
 def test_boilerplate_without_t1w_or_rois_says_nothing_about_anatomy():
     cfg = Config()
     text, keys = citation.methods_text(cfg, [_record(t1w=None)])

@@ -259,6 +259,8 @@ def methods_text(config, records, out_dir=None):
     chi = [use(f"background:{bg.method}", _params_text(bg.params)),
            use(f"inversion:{inv.method}", _params_text(inv.params) + " " + use(f"lambda_rule:{rule}")),
            use(f"reference:{ref.method}", _params_text(ref.params))]
+    if inv.method == "medi" and inv.params.get("solver") == "admm":  # the solver, with its own reference
+        chi.insert(2, use("inversion:medi:admm"))
     lines.append("**Susceptibility.** " + _sentences(chi) + " Susceptibility is given in ppm (SI, relative).")
     lines.append("")
     sep = stages.get("chi_separation")

@@ -47,7 +47,8 @@ _METHOD_PARAMS = {
     "tikhonov": set(),
     "ilsqr": {"tol", "max_iter", "fast_estimate", "fast_smv_mm", "fast_exponent", "fast_percentiles",
               "fast_tkd_threshold", "cone_threshold", "edge_fraction", "streak_tol", "streak_max_iter"},
-    "medi": {"edge_fraction", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "data_term", "phase_scale"},
+    "medi": {"edge_fraction", "solver", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "mu", "mu_data",
+             "admm_max_iter", "admm_tol", "newton_iter", "data_term", "phase_scale"},
     "medi+0": {"edge_fraction", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "data_term",
                "phase_scale", "lambda_csf", "csf_r2star_max", "csf"},
     "tv": {"mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter"},
@@ -229,6 +230,11 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
             info["csf_voxels"] = int(np.count_nonzero(np.asarray(csf, dtype=bool) & mask))
             if "csf_r2star_max" in params:
                 info["csf_r2star_max"] = params["csf_r2star_max"]
+
+        if method == "medi+0":  # its CSF term is in the Gauss-Newton solver only
+            opts["solver"] = "gauss-newton"
+        else:
+            opts.setdefault("solver", _method_defaults("medi")["solver"])
 
         def solve(lam):
             out = medi(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, csf=csf,

@@ -10,6 +10,10 @@ costs little more than its FFTs.  Each has the numpy operators of
   lagged-diffusivity operator;
 * :func:`periodic_divergence`: ``out = s · ∇ᵀ(z − u)`` with periodic forward differences;
 * :func:`shrink`: TV's ADMM gradient step ``g = ∇χ + u``, ``z = shrink(g, t)``, ``u = g − z``;
+* :func:`shrink_weighted`: the same with weighted anisotropic shrinkage (MEDI's L1 of the
+  edge-masked gradient, solved by ADMM);
+* :func:`kspace_step`: the ADMM's closed-form χ update in k-space and ``D`` times it, in one pass;
+* :func:`change_norms`: ``‖a − b‖²`` and ``‖a‖²`` in one pass (the iterations' stopping rule);
 * :func:`data_split`: TV's linear data-splitting step (``v``, ``u_v`` and ``v − u_v``);
 * :func:`data_split_nonlinear`: the same for nlTV's complex exponential data term (Newton steps);
 * :func:`cg_update` and :func:`xpby`: the vector updates of conjugate gradients;
@@ -92,6 +96,66 @@ def _shrink(chi, z, u, t, h0, h1, h2):  # pragma: no cover - compiled
                 u[0, i, j, k] = g0 - g0 * f
                 u[1, i, j, k] = g1 - g1 * f
                 u[2, i, j, k] = g2 - g2 * f
+
+
+@njit(parallel=True, cache=True)
+def _shrink_weighted(chi, z, u, t, gw, h0, h1, h2):  # pragma: no cover - compiled
+    n0, n1, n2 = chi.shape
+    r0, r1, r2 = np.float32(1.0) / h0, np.float32(1.0) / h1, np.float32(1.0) / h2
+    zero = np.float32(0.0)
+    for i in prange(n0):
+        ip = i + 1 if i < n0 - 1 else 0
+        for j in range(n1):
+            jp = j + 1 if j < n1 - 1 else 0
+            for k in range(n2):
+                kp = k + 1 if k < n2 - 1 else 0
+                c = chi[i, j, k]
+                for a in range(3):
+                    if a == 0:
+                        g = (chi[ip, j, k] - c) * r0 + u[0, i, j, k]
+                    elif a == 1:
+                        g = (chi[i, jp, k] - c) * r1 + u[1, i, j, k]
+                    else:
+                        g = (chi[i, j, kp] - c) * r2 + u[2, i, j, k]
+                    ta = t * gw[a, i, j, k]
+                    if g > ta:
+                        zz = g - ta
+                    elif g < -ta:
+                        zz = g + ta
+                    else:
+                        zz = zero
+                    z[a, i, j, k] = zz
+                    u[a, i, j, k] = g - zz
+
+
+@njit(parallel=True, cache=True)
+def _kspace_step(xk, kd, mud, inv_denom, d):  # pragma: no cover - compiled
+    n0, n1, n2 = xk.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                x = (xk[i, j, k] + kd[i, j, k] * mud[i, j, k]) * inv_denom[i, j, k]
+                xk[i, j, k] = x
+                kd[i, j, k] = x * d[i, j, k]
+
+
+@njit(parallel=True, cache=True)
+def _change_norms(a, b):  # pragma: no cover - compiled
+    n0, n1, n2 = a.shape
+    diff = 0.0
+    size = 0.0
+    for i in prange(n0):
+        pd = 0.0
+        ps = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                x = np.float64(a[i, j, k])
+                e = x - np.float64(b[i, j, k])
+                pd += e * e
+                ps += x * x
+        diff += pd
+        size += ps
+    return diff, size
 
 
 @njit(parallel=True, cache=True)
@@ -202,6 +266,27 @@ def periodic_divergence(z, u, scale, voxel_size, out=None):
 def shrink(chi, z, u, threshold, voxel_size):
     """TV's ADMM step in place: ``g = ∇χ + u`` (periodic), ``z = g·max(|g| − t, 0)/|g|``, ``u = g − z``."""
     _shrink(chi, z, u, *_f32(threshold, *voxel_size))
+
+
+def shrink_weighted(chi, z, u, threshold, weights, voxel_size):
+    """Weighted anisotropic ADMM step in place: ``g = ∇χ + u`` (periodic), per component
+    ``z_a = sign(g_a) max(|g_a| − t w_a, 0)``, ``u = g − z`` (``weights`` of shape ``(3,) + χ.shape``)."""
+    _shrink_weighted(chi, z, u, np.float32(threshold), weights, *_f32(*voxel_size))
+
+
+def kspace_step(xk, kd, mud, inv_denom, d):
+    """ADMM's χ update in k-space in place: ``X = (X + K_d · μ_d D) / denom`` into ``xk``, ``D X`` into ``kd``.
+
+    ``xk`` holds the transform of the gradient term and ``kd`` that of the data term on entry
+    (complex64 half spectra); ``mud`` (``μ_d D``), ``inv_denom`` and ``d`` are float32.
+    """
+    _kspace_step(xk, kd, mud, inv_denom, d)
+
+
+def change_norms(a, b):
+    """``(‖a − b‖², ‖a‖²)`` of two 3D float32 arrays, summed in float64."""
+    diff, size = _change_norms(a, b)
+    return float(diff), float(size)
 
 
 def data_split(dchi, w2f, w2, mu, v, uv, rhs):

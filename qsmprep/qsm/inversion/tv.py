@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from qsmprep.qsm._numba import num_threads
-from qsmprep.qsm.inversion._fused import data_split, data_split_nonlinear, periodic_divergence, shrink
+from qsmprep.qsm.inversion._admm import admm_l1
 from qsmprep.qsm.inversion._operators import (
     _check_data_term,
     _check_inputs,
     _check_positive,
-    _gradient_reg,
-    _norm,
     _weighted_data,
 )
 
@@ -75,52 +70,9 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
     tol = _check_positive("tol", tol)
     newton_iter = _check_positive("newton_iter", newton_iter, integer=True)
     a = _check_data_term(data_term, phase_scale)
-    a = None if a is None else np.float32(a)
     grid, f, w, _ = _weighted_data(field, mask, vs, b, pad, workers, noise, magnitude)
-    m = grid.mask
-    w2 = w * w
-    reg = _gradient_reg(grid)
-    denom = np.float32(mu) * reg + np.float32(mu_d) * grid.d * grid.d
-    denom[0, 0, 0] = 1.0
-    inv_denom = (1.0 / denom).astype(np.float32)
-    inv_denom[0, 0, 0] = 0.0
-    del reg, denom
-    z = np.zeros((3,) + grid.shape, dtype=np.float32)
-    u = np.zeros_like(z)
-    v = f.copy()
-    uv = np.zeros_like(f)
-    data_in = v - uv  # v − u_v, the χ update's data input
-    w2f = w2 * f
-    mud_d = (np.float32(mu_d) * grid.d).astype(np.float32)
-    chi = np.zeros_like(f)
-    div = np.empty_like(f)
-    thr = np.float32(lam / mu)
-    it = 0
-    with num_threads(grid.workers):
-        for it in range(1, max_iter + 1):
-            xk = grid.fft(periodic_divergence(z, u, mu, vs, out=div))
-            kd = grid.fft(data_in)
-            kd *= mud_d
-            xk += kd
-            del kd
-            xk *= inv_denom
-            chi_new = grid.ifft(xk)
-            xk *= grid.d
-            dchi = grid.ifft(xk)
-            del xk
-            change = _norm(chi_new - chi) / max(_norm(chi_new), 1e-30)
-            chi = chi_new
-            shrink(chi, z, u, thr, vs)  # z = shrink(∇χ + u), u = u + ∇χ − z
-            if data_term == "linear":
-                data_split(dchi, w2f, w2, mu_d, v, uv, data_in)
-            else:
-                # Newton where that voxel's cost is convex (cos > 0); elsewhere a step with the
-                # curvature's bound W² + μ_d, which always descends (W² cos + μ_d can be ≤ 0
-                # where weights above 1 meet a field far from the data, and Newton diverges)
-                data_split_nonlinear(dchi, f, w2, mu_d, a, newton_iter, v, uv, data_in)
-            del dchi
-            if it > 1 and change < tol:
-                break
+    chi, it = admm_l1(grid, f, w * w, lam=lam, mu=mu, mu_d=mu_d, max_iter=max_iter, tol=tol, phase_scale=a,
+                      newton_iter=newton_iter)
     if stats is not None:
         stats.update({"iterations": it})
-    return grid.get(chi * m)
+    return grid.get(chi * grid.mask)

@@ -1,0 +1,92 @@
+"""The ADMM with closed-form k-space updates that TV and MEDI's ADMM solver share (private).
+
+Bilgic et al., MRM 2014;72:1444-1459 (TV-ADMM with the χ update in closed form in k-space);
+Milovic et al., MRM 2018;80:814-821 (FANSI: the data-weighted and nonlinear data terms by a
+second splitting, ``v = Dχ``, and magnitude-weighted TV).  Minimises
+
+``½‖W (Dχ − f)‖₂² + λ R(∇χ)``
+
+on the padded grid with ``z = ∇χ`` (periodic forward differences) and ``v = Dχ``:
+
+* ``χ = F⁻¹[(μ Σ Ē_i F(z_i − u_i) + μ_d D F(v − u_v)) / (μ Σ|E_i|² + μ_d D²)]``;
+* ``z = shrink(∇χ + u, λ/μ)``: vector soft thresholding for isotropic TV
+  (``R = Σ_voxels |∇χ|``), or per component with the thresholds ``λ G_a / μ`` for the
+  weighted anisotropic L1 ``R = Σ_a ‖G_a ∂_a χ‖₁`` (MEDI's, with ``G`` its edge mask);
+* ``v = (W² f + μ_d (Dχ + u_v)) / (W² + μ_d)`` voxel-wise (linear), or a few safeguarded
+  Newton steps on the complex exponential term (nonlinear, :func:`._fused.data_split_nonlinear`);
+* ``u += ∇χ − z``, ``u_v += Dχ − v``.
+
+Two FFT pairs an iteration; every element-wise step is one compiled pass
+(:mod:`qsmprep.qsm.inversion._fused`).  Stops when ``‖χ_k − χ_{k−1}‖ < tol ‖χ_k‖`` (from the
+second iteration) or after ``max_iter`` iterations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmprep.qsm._numba import num_threads
+from qsmprep.qsm.inversion._fused import (
+    change_norms,
+    data_split,
+    data_split_nonlinear,
+    kspace_step,
+    periodic_divergence,
+    shrink,
+    shrink_weighted,
+)
+from qsmprep.qsm.inversion._operators import _gradient_reg
+
+
+def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newton_iter=4,
+            gradient_weights=None):
+    """Run the ADMM (module docstring) on ``grid``; returns (χ on the padded grid, iterations).
+
+    ``f`` is the field and ``w2`` the squared data weights on the grid (zero outside the
+    mask); ``phase_scale`` (rad per ppm) selects the nonlinear data term; ``gradient_weights``
+    (``(3,) + grid.shape`` float32) selects the weighted anisotropic L1, None isotropic TV.
+    """
+    vs = grid.voxel_size
+    denom = np.float32(mu) * _gradient_reg(grid) + np.float32(mu_d) * grid.d * grid.d
+    denom[0, 0, 0] = 1.0
+    inv_denom = (1.0 / denom).astype(np.float32)
+    inv_denom[0, 0, 0] = 0.0
+    del denom
+    z = np.zeros((3,) + grid.shape, dtype=np.float32)
+    u = np.zeros_like(z)
+    v = f.copy()
+    uv = np.zeros_like(f)
+    data_in = v - uv  # v − u_v, the χ update's data input
+    w2f = w2 * f
+    mud_d = (np.float32(mu_d) * grid.d).astype(np.float32)
+    chi = np.zeros_like(f)
+    div = np.empty_like(f)
+    thr = np.float32(lam / mu)
+    a = None if phase_scale is None else np.float32(phase_scale)
+    it = 0
+    with num_threads(grid.workers):
+        for it in range(1, max_iter + 1):
+            xk = grid.fft(periodic_divergence(z, u, mu, vs, out=div))
+            kd = grid.fft(data_in)
+            kspace_step(xk, kd, mud_d, inv_denom, grid.d)  # xk = X (the new χ), kd = D X
+            chi_new = grid.ifft(xk)
+            dchi = grid.ifft(kd)
+            del xk, kd
+            diff, size = change_norms(chi_new, chi)
+            change = np.sqrt(diff) / max(np.sqrt(size), 1e-30)
+            chi = chi_new
+            if gradient_weights is None:
+                shrink(chi, z, u, thr, vs)  # z = shrink(∇χ + u), u = u + ∇χ − z
+            else:
+                shrink_weighted(chi, z, u, thr, gradient_weights, vs)
+            if a is None:
+                data_split(dchi, w2f, w2, mu_d, v, uv, data_in)
+            else:
+                # Newton where that voxel's cost is convex (cos > 0); elsewhere a step with the
+                # curvature's bound W² + μ_d, which always descends (W² cos + μ_d can be ≤ 0
+                # where weights above 1 meet a field far from the data, and Newton diverges)
+                data_split_nonlinear(dchi, f, w2, mu_d, a, newton_iter, v, uv, data_in)
+            del dchi
+            if it > 1 and change < tol:
+                break
+    return chi, it
