@@ -27,6 +27,10 @@ def test_coreg_graph_and_options(tmp_path):
             "ds_chi_t1w"} <= names
     assert wf.get_node("coreg_gre2t1w").interface.inputs.stages == ["rigid", "affine"]
     assert wf.get_node("mask_to_t1w").interface.inputs.interpolation == "nearestNeighbor"
+    # the T1w brain extraction claims one core, so it runs beside the GRE's one-core steps
+    strip = wf.get_node("t1w_skullstrip")
+    assert strip.n_procs == strip.interface.inputs.num_threads == 1
+    assert wf.get_node("coreg_gre2t1w").n_procs == 2
     assert "r2star_to_t1w" not in _names(init_coreg_wf(has_r2star=False))
     for bad in ({"brain_extraction": "bet"}, {"stages": ("syn",)}):
         with pytest.raises(ValueError, match=next(iter(bad))):

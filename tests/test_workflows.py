@@ -37,6 +37,9 @@ def test_gre_wf_builds(unwrapping, combination, background, inversion):
     assert wf.get_node("unwrap").interface.inputs.method == unwrapping
     assert wf.get_node("inversion").interface.inputs.method == inversion
     assert wf.get_node("inversion").n_procs == 2 and wf.get_node("inversion").mem_gb >= 0.25
+    # only FFT-threaded unwrapping claims the threads; ROMEO's region growing runs on one core
+    unwrap = wf.get_node("unwrap")
+    assert unwrap.n_procs == unwrap.interface.inputs.num_threads == (2 if unwrapping == "laplacian" else 1)
     if combination == "per-echo":
         assert cfg.workflow.echo_strategy == "per-echo"
 

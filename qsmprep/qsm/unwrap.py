@@ -103,6 +103,11 @@ def unwrap_laplacian_echoes(phase, voxel_size, *, pad=8, workers=None):
     return np.stack(out, axis=-1)
 
 
+#: Unwrapping methods whose work is threaded (FFTs with ``workers``); ROMEO's region growing
+#: and scikit-image's unwrapping run on one core, so a scheduler can run other steps beside them.
+THREADED_METHODS = ("laplacian",)
+
+
 def unwrap_echoes(phase, *, method="laplacian", voxel_size, mag=None, tes=None, mask=None, workers=None,
                   **params):
     """Unwrap every echo of a 4D phase; returns (unwrapped 4D, phase-quality map).

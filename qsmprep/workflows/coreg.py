@@ -72,8 +72,10 @@ def init_coreg_wf(*, brain_extraction="threshold", stages=("rigid", "affine"), s
     inputnode = pe.Node(IdentityInterface(fields=COREG_INPUTS), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=COREG_OUTPUTS), name="outputnode")
 
-    skullstrip = pe.Node(T1wBrainExtraction(method=brain_extraction, num_threads=omp_nthreads),
-                         name="t1w_skullstrip", n_procs=omp_nthreads, mem_gb=1.0)
+    # one core: the T1w's brain extraction has no input from the GRE, so it runs beside the GRE's
+    # unwrapping and echo fits (one core each) instead of holding the whole scheduler before them
+    skullstrip = pe.Node(T1wBrainExtraction(method=brain_extraction, num_threads=1),
+                         name="t1w_skullstrip", n_procs=1, mem_gb=1.0)
     coreg = pe.Node(
         CoregGREtoT1w(stages=list(stages), preset="sloppy" if sloppy else "gre2t1w", num_threads=omp_nthreads),
         name="coreg_gre2t1w", n_procs=omp_nthreads, mem_gb=1.5,

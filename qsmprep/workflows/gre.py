@@ -12,6 +12,7 @@ from qsmprep.interfaces.inversion import DipoleInversion, ReferenceChi
 from qsmprep.interfaces.io import LoadGRE
 from qsmprep.interfaces.masking import BrainMask
 from qsmprep.interfaces.unwrap import RemovePhaseOffset, UnwrapPhase
+from qsmprep.qsm.unwrap import THREADED_METHODS
 
 #: Public contract of :func:`init_gre_wf`.
 GRE_INPUTS = ["magnitude", "phase", "real", "imag"]
@@ -117,10 +118,12 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         mag_src, info_src = (denoise, "magnitude"), (phase_info, "out")
 
     unwrap_method, unwrap_params = _stage(stages, "unwrapping")
+    # a one-core method claims one core, so that the T1w's brain extraction runs beside it
+    unwrap_threads = omp_nthreads if unwrap_method in THREADED_METHODS else 1
     unwrap = pe.Node(
         UnwrapPhase(method=unwrap_method, params=unwrap_params, echo_times=list(echo_times),
-                    num_threads=omp_nthreads),
-        name="unwrap", n_procs=omp_nthreads, mem_gb=_gb(4 * vol_bytes * n_echoes + 8 * padded_bytes),
+                    num_threads=unwrap_threads),
+        name="unwrap", n_procs=unwrap_threads, mem_gb=_gb(4 * vol_bytes * n_echoes + 8 * padded_bytes),
     )
     comb_method, comb_params = _stage(stages, "combination")
     if n_echoes == 1:  # one echo: field = phase / (2π γ̄ B0 TE), no intercept to fit
