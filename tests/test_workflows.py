@@ -44,6 +44,28 @@ def test_gre_wf_builds(unwrapping, combination, background, inversion):
         assert cfg.workflow.echo_strategy == "per-echo"
 
 
+def test_the_chain_to_the_inversion_is_submitted_first():
+    """Steps on the way to the inversion (the longest step) go first among those ready: a
+    GRE→T1w registration that claims both cores no longer holds back the brain mask."""
+    import numpy as np
+
+    from qsmprep.cli.multiproc import OrphanSafeMultiProcPlugin
+    from qsmprep.workflows import PRIORITY_ATTR
+
+    cfg = mock_config()
+    wf = init_gre_wf(echo_times=[0.004, 0.008, 0.012], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))
+    marked = {n.name for n in wf._get_all_nodes() if getattr(n, PRIORITY_ATTR, 0) > 0}
+    assert marked == {"unwrap", "fit_field", "brain_mask", "background", "inversion"}
+    plugin = OrphanSafeMultiProcPlugin(plugin_args={"n_procs": 2})
+    try:
+        plugin.procs = [wf.get_node("r2star"), wf.get_node("echo_average"), wf.get_node("brain_mask"),
+                        wf.get_node("reference"), wf.get_node("background")]
+        order = plugin._sort_jobs(np.arange(5))
+    finally:
+        plugin.pool.shutdown()
+    assert list(order) == [2, 4, 0, 1, 3]  # marked first, each group in Nipype's (topological) order
+
+
 def test_single_echo_has_no_r2star():
     cfg = mock_config()
     wf = init_gre_wf(echo_times=[0.02], b0=3.0, stages=cfg.workflow.stages, shape=(8, 8, 8))

@@ -21,6 +21,9 @@ which Nipype does not do.  The plugin warns (debug) if it is built outside the m
 With ``mp_context="forkserver"`` the parent of a worker is the fork server (which itself exits
 when the main process dies); the pid race check is then skipped.
 
+Among the steps ready to run it submits those on the critical path first (the nodes that the
+workflow builders mark with :func:`qsmprep.workflows.prioritise`; Nipype's own order otherwise).
+
 The plugin also tells a ``status_callback`` that has ``defer`` and ``flush`` (our
 :class:`~qsmprep.cli.progress.ProgressReporter`) to queue its lines and flushes them after
 every submission pass, so a progress line counts the steps started in the same pass.
@@ -37,6 +40,8 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
+
+from qsmprep.workflows import PRIORITY_ATTR
 
 LOGGER = logging.getLogger("nipype.workflow")
 PR_SET_PDEATHSIG = 1
@@ -97,6 +102,15 @@ class OrphanSafeMultiProcPlugin(MultiProcPlugin):
         )
         if callable(getattr(self._status_callback, "flush", None)) and hasattr(self._status_callback, "defer"):
             self._status_callback.defer = True
+
+    def _sort_jobs(self, jobids, scheduler="tsort"):
+        """Ready steps in Nipype's order, the critical path's first (``qsmprep.workflows.prioritise``).
+
+        A stable sort on the node attribute :data:`qsmprep.workflows.PRIORITY_ATTR` (higher
+        first, 0 for unmarked nodes), so steps of equal priority keep Nipype's order.
+        """
+        jobids = super()._sort_jobs(jobids, scheduler=scheduler)
+        return sorted(jobids, key=lambda j: -getattr(self.procs[j], PRIORITY_ATTR, 0))
 
     def _send_procs_to_workers(self, updatehash=False, graph=None):
         # Nipype's loop: collect finished tasks ("end"), then this pass submits the steps that

@@ -13,6 +13,7 @@ from qsmprep.interfaces.io import LoadGRE
 from qsmprep.interfaces.masking import BrainMask
 from qsmprep.interfaces.unwrap import RemovePhaseOffset, UnwrapPhase
 from qsmprep.qsm.unwrap import THREADED_METHODS
+from qsmprep.workflows import prioritise
 
 #: Public contract of :func:`init_gre_wf`.
 GRE_INPUTS = ["magnitude", "phase", "real", "imag"]
@@ -153,6 +154,8 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     if inv_method == "medi+0" and n_echoes < 2 and "csf" not in inv_params:
         raise InputError("inversion 'medi+0' finds its CSF zero-reference region from R2*, which needs at "
                          "least two echoes; this acquisition has one (use inversion 'medi')")
+    # the chain that ends in the longest step, the inversion: submitted first among ready steps
+    prioritise(unwrap, fit, mask, background, inversion)
     ref_method, ref_params = _stage(stages, "reference")
     if ref_method == "csf" and n_echoes < 2:
         raise InputError("reference 'csf' finds the ventricles from R2*, which needs at least two echoes; "
@@ -255,6 +258,7 @@ def _connect_chisep(workflow, params, *, b0, pad_voxels, omp_nthreads, mem_gb, r
     kind = "T2map" if r2_map and "_T2map." in str(r2_map) else "R2map"
     sep = pe.Node(ChiSeparation(params=params, b0=float(b0), pad=pad_voxels, num_threads=omp_nthreads, r2_kind=kind),
                   name="chi_separation", n_procs=omp_nthreads, mem_gb=mem_gb)
+    prioritise(sep)  # it follows the inversion and takes as long
     workflow.connect([
         (nodes["background"], sep, [("local_field", "local_field"), ("mask", "mask")]),
         (nodes["average"], sep, [("average", "magnitude")]),
