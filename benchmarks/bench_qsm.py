@@ -104,7 +104,7 @@ def main(argv=None):
         # METHOD[:KEY=VALUE...], e.g. medi:solver=admm (values as JSON where they parse, else strings)
         method, *pairs = spec.split(":")
         extra = {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
-        if method == "nltv":  # its data term is scaled by the phase of 1 ppm over the echo spacing, as the pipeline does
+        if method == "nltv":  # its data term is scaled by the phase of 1 ppm over the echo spacing (as the pipeline)
             extra["phase_scale"] = phase_per_ppm(ph.tes, ph.b0)
 
         def run_inversion(sl=(slice(None),) * 3, method=method, extra=extra):

@@ -113,8 +113,8 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
         Regularisation weight (> 0).
     edge_fraction : float
         Fraction of magnitude gradients treated as edges (default the top 30 %).
-    solver : {"admm", "gauss-newton"}
-        ADMM (FANSI's splitting) or the MEDI toolbox's Gauss-Newton with lagged diffusivity.
+    solver : {"gauss-newton", "admm"}
+        The MEDI toolbox's Gauss-Newton with lagged diffusivity, or ADMM (FANSI's splitting).
     max_iter, tol : int, float
         Gauss-Newton iterations and the relative update to stop at.
     cg_max_iter, cg_tol : int, float
