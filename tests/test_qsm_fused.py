@@ -105,6 +105,33 @@ def test_kspace_step_and_change_norms():
 
 
 @pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis
+def test_lsqr_vector_passes(pad):
+    """LSQR's compiled updates: y += a x with the image's norm (for a half spectrum, Parseval's
+    Hermitian weights, as _Grid.kdot), y *= a, and x += a w; w = v − b w."""
+    mask = np.zeros((20, 22, 17), bool)
+    mask[3:15, 4:18, 2:12] = True
+    grid = _Grid(mask, (1.0, 1.0, 1.2), (0.0, 0.1, 1.0), pad, 1)
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(grid.shape).astype(np.float32) for _ in range(2))
+    ka, kb = grid.offt(a), grid.offt(b)
+    ref = ka - np.float32(0.3) * kb
+    nrm = _fused.axpy_norm(ka, kb, -0.3, grid.shape[-1])
+    np.testing.assert_allclose(ka, ref, rtol=1e-5, atol=1e-5)
+    assert nrm == pytest.approx(grid.kdot(ref, ref), rel=1e-5)
+    assert nrm == pytest.approx(_dot(a - np.float32(0.3) * b, a - np.float32(0.3) * b), rel=1e-4)
+    a0 = a.copy()
+    expected = float(((a0 + np.float32(0.5) * b).astype(np.float64) ** 2).sum())
+    assert _fused.axpy_norm(a, b, 0.5) == pytest.approx(expected, rel=1e-6)
+    _fused.scale(kb, 2.0)
+    np.testing.assert_allclose(kb, 2 * grid.offt(b), rtol=1e-5, atol=1e-6)
+    x, w, v = (rng.standard_normal(grid.shape).astype(np.float32) for _ in range(3))
+    x0, w0 = x.copy(), w.copy()
+    _fused.lsqr_xw(x, w, v, 0.7, 0.2)
+    np.testing.assert_allclose(x, x0 + np.float32(0.7) * w0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(w, v - np.float32(0.2) * w0, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis
 def test_half_spectrum_inner_product_and_lsqr(pad):
     mask = np.zeros((20, 22, 17), bool)
     mask[3:15, 4:18, 2:12] = True
@@ -117,7 +144,7 @@ def test_half_spectrum_inner_product_and_lsqr(pad):
     f = rng.standard_normal(grid.shape).astype(np.float32) * w
     ref, it_ref, _ = _lsqr(lambda x: w * grid.conv(x), lambda r: grid.conv(w * r), f, f, tol=1e-9, max_iter=15)
     k, it, _ = _lsqr(lambda k: w * grid.oifft(k * grid.d), lambda r: grid.offt(w * r) * grid.d, f,
-                     np.empty(grid.d.shape, np.complex64), tol=1e-9, max_iter=15, xdot=grid.kdot)
+                     np.empty(grid.d.shape, np.complex64), tol=1e-9, max_iter=15, full_last=grid.shape[-1])
     assert it == it_ref == 15
     np.testing.assert_allclose(grid.oifft(k), ref, atol=1e-4 * np.abs(ref).max())
 

@@ -14,6 +14,8 @@ costs little more than its FFTs.  Each has the numpy operators of
   edge-masked gradient, solved by ADMM);
 * :func:`kspace_step`: the ADMM's closed-form χ update in k-space and ``D`` times it, in one pass;
 * :func:`change_norms`: ``‖a − b‖²`` and ``‖a‖²`` in one pass (the iterations' stopping rule);
+* :func:`axpy_norm`, :func:`scale` and :func:`lsqr_xw`: LSQR's vector updates (its bidiagonalisation
+  and solution steps) in place, for real images and for half spectra (Hermitian-weighted norms);
 * :func:`data_split`: TV's linear data-splitting step (``v``, ``u_v`` and ``v − u_v``);
 * :func:`data_split_nonlinear`: the same for nlTV's complex exponential data term (Newton steps);
 * :func:`cg_update` and :func:`xpby`: the vector updates of conjugate gradients;
@@ -159,6 +161,43 @@ def _change_norms(a, b):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
+def _axpy_norm(y, x, a, w_lo, w_hi):  # pragma: no cover - compiled
+    # y += a x (2D float32 views), returns Σ c_j y_ij² with c_j = 1 on the first w_lo and the last
+    # w_hi columns and 2 elsewhere (a half spectrum's Hermitian weights), or 1 everywhere (w_lo < 0)
+    n0, n1 = y.shape
+    total = 0.0
+    for i in prange(n0):
+        part = 0.0
+        for j in range(n1):
+            v = y[i, j] + a * x[i, j]
+            y[i, j] = v
+            vv = np.float64(v) * np.float64(v)
+            if w_lo >= 0 and w_lo <= j < n1 - w_hi:
+                vv *= 2.0
+            part += vv
+        total += part
+    return total
+
+
+@njit(parallel=True, cache=True)
+def _scale(y, a):  # pragma: no cover - compiled
+    n0, n1 = y.shape
+    for i in prange(n0):
+        for j in range(n1):
+            y[i, j] *= a
+
+
+@njit(parallel=True, cache=True)
+def _lsqr_xw(x, w, v, a, b):  # pragma: no cover - compiled
+    n0, n1 = x.shape
+    for i in prange(n0):
+        for j in range(n1):
+            wij = w[i, j]
+            x[i, j] += a * wij
+            w[i, j] = v[i, j] - b * wij
+
+
+@njit(parallel=True, cache=True)
 def _data_split(dchi, w2f, w2, mu, v, uv, rhs):  # pragma: no cover - compiled
     n0, n1, n2 = dchi.shape
     for i in prange(n0):
@@ -287,6 +326,40 @@ def change_norms(a, b):
     """``(‖a − b‖², ‖a‖²)`` of two 3D float32 arrays, summed in float64."""
     diff, size = _change_norms(a, b)
     return float(diff), float(size)
+
+
+def _rows(a):
+    """A contiguous float32 or complex64 array as a 2D float32 view (rows, last axis × 1 or 2)."""
+    f = a.view(np.float32)
+    return f.reshape(-1, f.shape[-1])
+
+
+def _hermitian_columns(a, full_last):
+    """Float columns of weight 1 at the start and end of a half spectrum's 2D view, or (-1, 0) for an image."""
+    if not np.iscomplexobj(a):
+        return -1, 0
+    return 2, (2 if full_last % 2 == 0 else 0)
+
+
+def axpy_norm(y, x, a, full_last=None):
+    """``y += a x`` in place; returns ``‖y‖²`` (float64 sum).
+
+    For complex64 half spectra (``full_last``: the image's last-axis length) the norm is the
+    image's (Parseval): the zero (and, for an even length, Nyquist) column counted once, the
+    others twice, as :meth:`qsmprep.qsm.inversion._operators._Grid.kdot` (orthonormal transforms).
+    """
+    lo, hi = _hermitian_columns(y, full_last)
+    return float(_axpy_norm(_rows(y), _rows(x), np.float32(a), lo, hi))
+
+
+def scale(y, a):
+    """``y *= a`` in place (float32 or complex64, real ``a``)."""
+    _scale(_rows(y), np.float32(a))
+
+
+def lsqr_xw(x, w, v, a, b):
+    """LSQR's solution step in place: ``x += a w``, then ``w = v − b w``."""
+    _lsqr_xw(_rows(x), _rows(w), _rows(v), np.float32(a), np.float32(b))
 
 
 def data_split(dchi, w2f, w2, mu, v, uv, rhs):

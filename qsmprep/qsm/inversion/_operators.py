@@ -15,7 +15,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmprep.qsm import kernels
-from qsmprep.qsm.inversion._fused import cg_update, xpby
+from qsmprep.qsm.inversion._fused import axpy_norm, cg_update, lsqr_xw, scale, xpby
 
 
 # --------------------------------------------------------------------------------------
@@ -315,55 +315,56 @@ def _pcg(apply_a, b, diag, *, tol, max_iter):
     return x, it
 
 
-def _lsqr(apply_a, apply_at, b, x_like, *, tol, max_iter, xdot=None):
+def _lsqr(apply_a, apply_at, b, x_like, *, tol, max_iter, full_last=None):
     """LSQR (Paige & Saunders, ACM TOMS 1982) for ``min ‖A x − b‖₂`` from zero.
 
-    ``b`` is a float32 array; ``x_like`` an array of the solution's shape and dtype, whose
-    space has the inner product ``xdot``
-    (default :func:`_dot`) is the inner product: a solution kept as a half spectrum
-    (:meth:`_Grid.offt`, with :meth:`_Grid.kdot`) has the same iterates as its image, and
-    an operator that starts or ends with a Fourier transform then costs one FFT less.
-    Stops after ``max_iter`` iterations or when the estimate of ``‖Aᵀ r‖ / (‖A‖ ‖r‖)``
-    falls below ``tol`` (the usual LSQR criterion; early stopping regularises).
-    Returns (x, iterations, residual norm estimate).
+    ``b`` is a float32 array; ``x_like`` an array of the solution's shape and dtype.  A
+    solution kept as a half spectrum (complex64, :meth:`_Grid.offt`: orthonormal) with
+    ``full_last`` its image's last-axis length has the same iterates as its image: its norm
+    is the image's (Parseval, the Hermitian weights of :meth:`_Grid.kdot`), and an operator
+    that starts or ends with a Fourier transform then costs one FFT less.  ``apply_a`` and
+    ``apply_at`` return new arrays, which the iteration updates in place (compiled passes,
+    :mod:`qsmprep.qsm.inversion._fused`).  Stops after ``max_iter`` iterations or when the
+    estimate of ``‖Aᵀ r‖ / (‖A‖ ‖r‖)`` falls below ``tol`` (the usual LSQR criterion; early
+    stopping regularises).  Returns (x, iterations, residual norm estimate).
     """
-    xdot = _dot if xdot is None else xdot
-
-    def xnorm(a):
-        return float(np.sqrt(xdot(a, a)))
+    def fresh(y, *others):  # an operator's output, safe to update in place
+        y = np.ascontiguousarray(y)
+        return y.copy() if any(y is o for o in others) else y
 
     x = np.zeros_like(x_like)
     beta = _norm(b)
     if beta == 0:
         return x, 0, 0.0
-    u = b / np.float32(beta)
-    v = apply_at(u)
-    alpha = xnorm(v)
+    u = (b / np.float32(beta)).astype(np.float32)
+    v = fresh(apply_at(u), u)
+    alpha = float(np.sqrt(axpy_norm(v, v, 0.0, full_last)))
     if alpha == 0:
         return x, 0, beta
-    v /= np.float32(alpha)
+    scale(v, 1.0 / alpha)
     w = v.copy()
     phibar, rhobar = beta, alpha
     anorm2 = 0.0
     it = 0
     for it in range(1, max_iter + 1):
-        u = apply_a(v) - np.float32(alpha) * u
-        beta = _norm(u)
+        au = fresh(apply_a(v), u, v)
+        beta = float(np.sqrt(axpy_norm(au, u, -alpha)))  # u = A v − α u
+        u = au
         if beta > 0:
-            u /= np.float32(beta)
+            scale(u, 1.0 / beta)
         anorm2 += alpha**2 + beta**2
-        v = apply_at(u) - np.float32(beta) * v
-        alpha = xnorm(v)
+        atu = fresh(apply_at(u), u, v)
+        alpha = float(np.sqrt(axpy_norm(atu, v, -beta, full_last)))  # v = Aᵀ u − β v
+        v = atu
         if alpha > 0:
-            v /= np.float32(alpha)
+            scale(v, 1.0 / alpha)
         rho = np.hypot(rhobar, beta)
         c, s = rhobar / rho, beta / rho
         theta = s * alpha
         rhobar = -c * alpha
         phi = c * phibar
         phibar = s * phibar
-        x += np.float32(phi / rho) * w
-        w = v - np.float32(theta / rho) * w
+        lsqr_xw(x, w, v, phi / rho, theta / rho)  # x += (φ/ρ) w, w = v − (θ/ρ) w
         # ‖Aᵀr‖ = phibar·alpha·|c|; relative to ‖A‖_F·‖r‖
         test = phibar * alpha * abs(c) / (np.sqrt(anorm2) * phibar + 1e-30)
         if test < tol or phibar == 0:

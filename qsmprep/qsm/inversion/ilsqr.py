@@ -159,7 +159,8 @@ def ilsqr(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
         return k
 
     k0 = np.empty(grid.d.shape, dtype=np.complex64)  # the solution's shape and type
-    k_lsqr, it1, _ = _lsqr(a_op, at_op, w * f, k0, tol=tol, max_iter=max_iter, xdot=grid.kdot)
+    k_lsqr, it1, _ = _lsqr(a_op, at_op, w * f, k0, tol=tol, max_iter=max_iter,
+                           full_last=grid.shape[-1])
     chi_lsqr = grid.oifft(k_lsqr)
     del k_lsqr
     chi_lsqr *= m
@@ -188,7 +189,8 @@ def ilsqr(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
         k *= cone
         return k
 
-    k, it2, _ = _lsqr(b_op, bt_op, target, k0, tol=streak_tol, max_iter=streak_max_iter, xdot=grid.kdot)
+    k, it2, _ = _lsqr(b_op, bt_op, target, k0, tol=streak_tol, max_iter=streak_max_iter,
+                      full_last=grid.shape[-1])
     streaks = grid.oifft(k * cone) * m
     del k
     if stats is not None:
