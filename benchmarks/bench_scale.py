@@ -63,9 +63,10 @@ def upsample_dataset(src, dst, factor=2):
         affine[:3, :2] /= factor  # zero-filling keeps the old samples: new voxel factor·j is old voxel j
         nib.save(nib.Nifti1Image(np.abs(up).astype(np.float32), affine), mag_file)
         nib.save(nib.Nifti1Image(np.angle(up).astype(np.float32), affine), phase_file)
-        meta = json.loads(phase_file.with_suffix("").with_suffix(".json").read_text())
+        sidecar = phase_file.with_suffix("").with_suffix(".json")
+        meta = json.loads(sidecar.read_text())
         meta["Units"] = "rad"
-        phase_file.with_suffix("").with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        sidecar.write_text(json.dumps(meta, indent=2))
 
 
 def copy_participant(src, dst, old="01", new="02"):

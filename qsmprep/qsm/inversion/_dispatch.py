@@ -231,10 +231,8 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
             if "csf_r2star_max" in params:
                 info["csf_r2star_max"] = params["csf_r2star_max"]
 
-        if method == "medi+0":  # its CSF term is in the Gauss-Newton solver only
+        if method == "medi+0":  # its CSF term is in the Gauss-Newton solver only (medi records its solver in stats)
             opts["solver"] = "gauss-newton"
-        else:
-            opts.setdefault("solver", _method_defaults("medi")["solver"])
 
         def solve(lam):
             out = medi(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, csf=csf,

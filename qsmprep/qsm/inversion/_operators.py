@@ -336,9 +336,9 @@ def _lsqr(apply_a, apply_at, b, x_like, *, tol, max_iter, full_last=None):
     beta = _norm(b)
     if beta == 0:
         return x, 0, 0.0
-    u = (b / np.float32(beta)).astype(np.float32)
+    u = (b / np.float32(beta)).astype(np.float32, copy=False)
     v = fresh(apply_at(u), u)
-    alpha = float(np.sqrt(axpy_norm(v, v, 0.0, full_last)))
+    alpha = float(np.sqrt(axpy_norm(v, v, 0.0, full_last)))  # v += 0·v: only its norm
     if alpha == 0:
         return x, 0, beta
     scale(v, 1.0 / alpha)
