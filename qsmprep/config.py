@@ -85,9 +85,9 @@ LISTED_OPTIONS = {
     ("combination", "linear"): ("intercept",),
     ("combination", "nonlinear"): ("max_iter",),
     ("combination", "per-echo"): ("intercept",),
-    ("masking", "threshold"): ("refine", "erode_mm"),
-    ("masking", "bet"): ("f", "g", "refine", "erode_mm"),
-    ("masking", "none"): ("refine", "erode_mm"),
+    ("masking", "threshold"): ("refine", "grow_mm", "erode_mm"),
+    ("masking", "bet"): ("f", "g", "refine", "grow_mm", "erode_mm"),
+    ("masking", "none"): ("refine", "grow_mm", "erode_mm"),
     ("chi_separation", "chisep"): ("lambda_", "lambda_rule", "edge_fraction", "r2"),
     ("denoise", "mppca"): ("patch_radius",),
 }

@@ -11,6 +11,7 @@ from qsmprep.qsm.masking import (
     bet_mask,
     bet_surface,
     brain_mask,
+    dilate_mm,
     erode_mm,
     icosphere,
     refine_mask,
@@ -230,7 +231,7 @@ def test_refine_mask_removes_the_outside_band_and_keeps_interior_holes():
     x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, vs)], indexing="ij")
     r = np.sqrt(x**2 + y**2 + z**2)
     mask = r <= 22
-    quality = np.ones(shape, np.float32)
+    quality = np.where(mask, 1.0, 0.1).astype(np.float32)   # noise outside: nothing to grow into
     quality[(r > 19) & (x > 0)] = 0.2          # a poor band at the edge: removed
     nucleus = (x + 5) ** 2 + y**2 + z**2 <= 4**2
     quality[nucleus] = 0.1                     # a steep-phase nucleus inside: kept (filled)
@@ -241,13 +242,57 @@ def test_refine_mask_removes_the_outside_band_and_keeps_interior_holes():
     out = refine_mask(mask, vs, noise=noise)   # default: 5 x the median noise in the mask
     assert not out[(r > 20.5) & (y > 0.5)].any() and out[y < -0.5].sum() == mask[y < -0.5].sum()
     assert refine_mask(mask, vs, noise=noise, noise_threshold=100.0).sum() == mask.sum()
-    eroded = refine_mask(mask, vs, quality=np.ones(shape), erode_mm=3.0)
+    eroded = refine_mask(mask, vs, quality=np.ones(shape), grow_mm=0.0, erode_mm=3.0)
     assert eroded[r <= 19.0].all() and not eroded[r > 19.0 + max(vs) / 2].any()
     for bad in ({"quality_threshold": 1.5}, {"noise_factor": 0.0}, {"erode_mm": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             refine_mask(mask, vs, quality=quality, **bad)
     with pytest.raises(ValueError, match="shape"):
         refine_mask(mask, vs, quality=quality[:-1])
+
+
+def test_refine_mask_grows_into_reliable_phase_within_grow_mm_only():
+    shape, vs = (60, 60, 48), (1.0, 1.0, 1.25)
+    x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, vs)], indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    mask = r <= 18
+    quality = np.full(shape, 0.2, np.float32)           # skull and air: poor phase
+    quality[mask] = 0.9
+    sinus = (r > 18) & (r <= 20) & (x > 4)              # a surface vein, dark on the magnitude
+    quality[sinus] = 0.55           # its own field makes its phase steep: between the two thresholds
+    rim = (r > 16) & mask & (x < -4) & (y < -6)
+    quality[rim] = 0.55             # inside the mask the removal's threshold (2/3) applies: removed
+    scalp = (r > 24) & (r <= 28)                         # good phase beyond the skull gap
+    quality[scalp] = 0.9
+    chain = (np.abs(y) <= 1) & (np.abs(z) <= 1) & (x < 0) & (r > 18) & (r <= 28)
+    quality[chain] = 0.9                                 # a thin good-phase bridge to the scalp
+    out = refine_mask(mask, vs, quality=quality)         # grow_mm 3 (the default)
+    assert out[mask & ~rim].all() and out[sinus].all() and not out[rim & (r > 17)].any()
+    assert not refine_mask(mask, vs, quality=quality, grow_quality_threshold=0.6)[sinus].any()
+    assert not out[scalp].any()
+    assert out[chain & (r <= 20.4)].all() and not out[chain & (r > 21.6)].any()   # 3 mm from the mask's voxels
+    assert np.array_equal(refine_mask(mask, vs, quality=quality, grow_mm=0.0), refine_mask(mask, vs, quality=quality)
+                          & mask)
+    # the noise test applies to the growth too: a noisy vein stays out
+    noise = np.where(sinus & (y > 0), 50.0, 1.0).astype(np.float32)
+    out = refine_mask(mask, vs, quality=quality, noise=noise)
+    assert out[sinus & (y < -0.5)].all() and not out[sinus & (y > 0.5) & (r > 19)].any()
+    # without a quality map nothing is grown (the noise test alone passes the scalp)
+    assert np.array_equal(refine_mask(mask, vs, noise=np.ones(shape, np.float32)), mask)
+    for bad in ({"grow_mm": -1.0}, {"grow_quality_threshold": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            refine_mask(mask, vs, quality=quality, **bad)
+
+    # brain_mask: the growth is the tight mask's; the filled (reported) mask stays the
+    # magnitude's, so giving it back as the user's mask reproduces the tight mask exactly
+    mag = np.where(mask, 100.0, 0.0).astype(np.float32) + np.where(scalp, 80.0, 0.0).astype(np.float32)
+    tight, filled, info = brain_mask(mag, vs, method="threshold", refine=True, quality=quality,
+                                     partial_coverage="ignore")
+    assert tight[sinus].all() and not tight[scalp].any() and not filled[sinus].any()
+    assert info["grow_mm"] == 3.0 and info["grown_voxels"] == int((tight & ~filled).sum()) >= int(sinus.sum()) // 2
+    again, refilled, info2 = brain_mask(mag, vs, method="threshold", refine=True, quality=quality, user_mask=filled)
+    assert np.array_equal(again, tight) and np.array_equal(refilled, filled)
+    assert info2["grown_voxels"] == info["grown_voxels"]
 
 
 @pytest.mark.parametrize("method", ["threshold", "bet"])
@@ -261,7 +306,7 @@ def test_refined_mask_has_no_skull_on_demo_small(method, small_phantom, small_gr
     truth, bad = small_phantom.brain_mask, skull_or_air(small_phantom)
     assert (filled & bad).sum() > 0  # partial-volume skull at 3 mm: the refinement has work to do
     assert not (tight & bad).any()
-    assert not (tight & ~filled).any()
+    assert not (tight & ~dilate_mm(filled, small_phantom.voxel_size, info["grow_mm"])).any()
     assert dice(filled, truth) >= 0.95 and dice(tight, truth) >= 0.94
     json.dumps(info)
     assert info["method"] == method and info["refine"] and info["noise_threshold"] > 0
@@ -310,15 +355,15 @@ def _keyword_defaults(func):
 
 @pytest.mark.parametrize("method", masking.METHODS)
 def test_default_parameters_are_the_signature_defaults(method):
-    """One source of each default: brain_mask's signature (refine, erode_mm) and the method function's."""
+    """One source of each default: brain_mask's signature (refine, erode_mm, grow_mm) and the method function's."""
     own = _keyword_defaults(brain_mask)
-    expected = {"refine": own["refine"], "erode_mm": own["erode_mm"]}
+    expected = {"refine": own["refine"], "erode_mm": own["erode_mm"], "grow_mm": own["grow_mm"]}
     if method == "threshold":
         expected.update(_keyword_defaults(threshold_mask))
     elif method == "bet":
         expected.update({k: v for k, v in _keyword_defaults(bet_mask).items() if k != "return_info"})
     assert masking.default_parameters(method) == expected
-    assert set(masking.default_parameters("bet")) == {"refine", "erode_mm", "f", "g"}
+    assert set(masking.default_parameters("bet")) == {"refine", "erode_mm", "grow_mm", "f", "g"}
     with pytest.raises(ValueError, match="unknown masking method"):
         masking.default_parameters("fsl")
 
@@ -327,7 +372,8 @@ def test_pass_through_defaults_are_those_of_the_function_that_uses_them():
     surface, mask = _keyword_defaults(bet_surface), _keyword_defaults(bet_mask)
     assert {k: mask[k] for k in ("f", "g")} == {k: surface[k] for k in ("f", "g")}
     refine, brain = _keyword_defaults(refine_mask), _keyword_defaults(brain_mask)
-    for name in ("quality_threshold", "noise_threshold", "noise_factor", "erode_mm"):
+    for name in ("quality_threshold", "noise_threshold", "noise_factor", "grow_mm", "grow_quality_threshold",
+                 "erode_mm"):
         assert brain[name] == refine[name], name
 
 
@@ -350,7 +396,12 @@ def test_full_demo_bet_threshold_and_refinement(full_phantom, full_gre):
         assert dice(bet_mask(m, vs), truth) >= 0.95
     quality = romeo_quality(full_phantom, sig)
     noise = field_noise(full_phantom, sig)
+    vein = full_phantom.labels == 30       # the surface vein: dark on the magnitude, reliable phase
     for method in ("bet", "threshold"):
-        tight, filled, _ = brain_mask(biased, vs, method=method, refine=True, quality=quality, noise=noise)
+        tight, filled, info = brain_mask(biased, vs, method=method, refine=True, quality=quality, noise=noise)
         assert dice(filled, truth) >= 0.95 and dice(tight, truth) >= 0.95
         assert not (tight & bad).any()
+        # the growth brings the vein back (without it the threshold mask kept none of its
+        # 1,982 voxels in the pipeline's run), and nothing of the skull or air with it
+        assert (tight & vein).sum() >= 0.8 * vein.sum(), (method, (tight & vein).sum(), vein.sum())
+        assert info["grown_voxels"] > 0

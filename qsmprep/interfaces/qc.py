@@ -75,7 +75,8 @@ class QCMetrics(SimpleInterface):
                                                     reason=coverage.get("reason", ""))
         metrics["mask_volume_ml"] = qc.metric("mask_volume_ml", round(float(filled.sum()) * voxel_ml, 1))
         metrics["mask_fraction_fov"] = qc.metric("mask_fraction_fov", round(float(filled.mean()), 4))
-        removed = 1.0 - float(tight.sum()) / max(1.0, float(filled.sum()))
+        # what the refinement took out of the filled mask (its growth outside is not netted against it)
+        removed = float((filled & ~tight).sum()) / max(1.0, float(filled.sum()))
         metrics["mask_refinement_removed_fraction"] = qc.metric("mask_refinement_removed_fraction",
                                                                 round(removed, 4))
 

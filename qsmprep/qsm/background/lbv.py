@@ -15,7 +15,7 @@ from qsmprep.qsm.background._common import _check_inputs, _number, _pcg
 from qsmprep.qsm.background._multigrid import _apply, _Multigrid
 
 
-def lbv(field, mask, voxel_size, *, tol=1e-6, max_iter=200, peel=1, workers=None):
+def lbv(field, mask, voxel_size, *, tol=1e-6, max_iter=200, peel=0, workers=None):
     """Laplacian boundary value background field removal.
 
     The background field is the solution of the Laplace equation ``Δf_B = 0`` inside the
@@ -25,7 +25,12 @@ def lbv(field, mask, voxel_size, *, tol=1e-6, max_iter=200, peel=1, workers=None
     preconditioned with one symmetric multigrid V-cycle per iteration (own implementation,
     :class:`~qsmprep.qsm.background._multigrid._Multigrid`).  The boundary layer, where the local field is zero by
     construction, is excluded from the returned mask, which is further eroded by ``peel``
-    voxel layers (the values next to a noisy boundary are unreliable).
+    voxel layers where the values next to a noisy boundary are unreliable.  ``peel`` is 0
+    by default, as in Zhou's ``LBV.m``: with the phase-reliability mask of
+    :func:`qsmprep.qsm.masking.refine_mask` one more layer removed cost χ more than it
+    saved on both phantom families (1 mm, LBV + MEDI, QSM-CI's scorer over the true brain:
+    demo NRMSE 20.0 % vs 21.9 %, coverage 0.942 vs 0.908; MNI Siemens-like 43.8 % vs
+    47.8 %, coverage 0.997 vs 0.983; XSIM 0.002-0.003 lower).
 
     Zhou D, Liu T, Spincemaille P, Wang Y. Background field removal by solving the
     Laplacian boundary value problem. NMR Biomed 2014;27:312-319.

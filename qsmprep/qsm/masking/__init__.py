@@ -55,9 +55,9 @@ _REFINE = keyword_defaults(refine_mask)
 
 
 def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise=None, refine=False,
-               erode_mm=_REFINE["erode_mm"], quality_threshold=_REFINE["quality_threshold"],
-               noise_threshold=_REFINE["noise_threshold"], noise_factor=_REFINE["noise_factor"],
-               user_mask=None, partial_coverage="auto", **params):
+               erode_mm=_REFINE["erode_mm"], grow_mm=_REFINE["grow_mm"],
+               grow_quality_threshold=_REFINE["grow_quality_threshold"], quality_threshold=_REFINE["quality_threshold"],
+               noise_threshold=_REFINE["noise_threshold"], noise_factor=_REFINE["noise_factor"], user_mask=None, partial_coverage="auto", **params):
     """Brain mask for QSM: ``(tight mask, filled mask, info)``.
 
     The filled mask is the brain extraction of the echo-averaged magnitude
@@ -66,8 +66,12 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
     noise-only voxels), or ``user_mask`` when given, and is meant for reporting and
     registration.  The tight mask, for background removal and dipole inversion, is the
     filled mask refined by phase quality (:func:`refine_mask`, when ``refine``, using
-    ``quality`` and/or ``noise``) and eroded by ``erode_mm``; it is always a subset of the
-    filled mask.
+    ``quality`` and/or ``noise``): unreliable voxels removed, reliable ones within
+    ``grow_mm`` of what is left added (the surface veins and sinuses that are dark on the
+    magnitude), then eroded by ``erode_mm``.  The growth is not added to the filled mask:
+    it is the tight mask's, recomputed from the filled mask, so a run given its own
+    ``desc-brain_mask`` as ``user_mask`` reproduces its tight mask exactly; the tight mask
+    is a subset of the filled mask dilated by ``grow_mm``.
 
     Partial coverage (:func:`assess_coverage`: no background in the field of view, or the
     head cut by its faces) makes ``threshold`` and ``bet`` meaningless: with
@@ -87,7 +91,10 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
         Apply the phase-quality refinement (needs ``quality`` or ``noise``).
     erode_mm : float
         Erosion (mm) of the tight mask.
-    quality_threshold, noise_threshold, noise_factor :
+    grow_mm : float
+        How far (mm) outside the refined mask reliable-phase voxels join the tight mask
+        (:func:`refine_mask`; needs ``quality``).
+    quality_threshold, grow_quality_threshold, noise_threshold, noise_factor :
         See :func:`refine_mask`.
     user_mask : ndarray of bool, optional
         A brain mask given by the user; replaces the method's (the refinement still applies).
@@ -139,19 +146,26 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
     if refine and noise is not None and noise_threshold is None:
         noise = np.asarray(_check_map(noise, "noise", filled.shape), dtype=np.float32)
         noise_threshold = _noise_threshold(noise, filled, noise_factor)
-    tight = filled
+    if not grow_mm >= 0:
+        raise ValueError(f"grow_mm must be >= 0, got {grow_mm!r}")
+    grow = float(grow_mm) if refine and quality is not None else 0.0
+    tight, grown = filled, 0
     if refine or erode_mm:
         tight = refine_mask(filled, vs, quality=quality if refine else None, noise=noise if refine else None,
                             quality_threshold=quality_threshold, noise_threshold=noise_threshold,
-                            noise_factor=noise_factor, erode_mm=erode_mm) & filled
+                            noise_factor=noise_factor, grow_mm=grow, grow_quality_threshold=grow_quality_threshold,
+                            erode_mm=erode_mm)
+        grown = int((tight & ~filled).sum())
     info = {"method": method, "method_used": used, **{k: jsonable(v) for k, v in method_info.items()},
-            "erode_mm": float(erode_mm), "refine": bool(refine), "tight_voxels": int(tight.sum()),
-            "filled_voxels": int(filled.sum()), "fov_voxels": int(np.size(filled)),
+            "erode_mm": float(erode_mm), "refine": bool(refine), "grow_mm": grow, "grown_voxels": grown,
+            "tight_voxels": int(tight.sum()), "filled_voxels": int(filled.sum()), "fov_voxels": int(np.size(filled)),
             "coverage": {k: jsonable(v) for k, v in coverage.items()}}
     if fallback:
         info["fallback"] = fallback
     if refine and quality is not None:
         info["quality_threshold"] = float(quality_threshold)
+        if grow:
+            info["grow_quality_threshold"] = float(grow_quality_threshold)
     if refine and noise is not None:
         info["noise_threshold"] = float(noise_threshold)
     return tight, filled, info
@@ -160,7 +174,7 @@ def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise
 def default_parameters(method):
     """The options :func:`brain_mask` records for ``method``, with their defaults from the signatures.
 
-    ``refine`` and ``erode_mm`` come from :func:`brain_mask`'s signature, the method's own
+    ``refine``, ``erode_mm`` and ``grow_mm`` come from :func:`brain_mask`'s signature, the method's own
     options from its function's: :func:`threshold_mask` (``threshold``, ``fill_holes``,
     ``open_mm``), :func:`bet_mask` (``f``, ``g``); ``"none"`` has none.  The
     :func:`bet_surface` options that :func:`bet_mask` passes through are left out: they are
@@ -170,7 +184,7 @@ def default_parameters(method):
     if method not in METHODS:
         raise ValueError(f"unknown masking method {method!r}; use one of {METHODS}")
     own = keyword_defaults(brain_mask)
-    defaults = {"refine": own["refine"], "erode_mm": own["erode_mm"]}
+    defaults = {"refine": own["refine"], "erode_mm": own["erode_mm"], "grow_mm": own["grow_mm"]}
     func = _METHOD_FUNCTIONS[method]
     if func is not None:
         defaults.update(keyword_defaults(func, exclude=("return_info",)))
