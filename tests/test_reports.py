@@ -48,6 +48,18 @@ def test_boilerplate_names_medis_solver():
     assert "minimised by ADMM" in text and "solver = admm" in text and "milovic2018" in keys
 
 
+def test_boilerplate_describes_the_masks_growth():
+    cfg = Config()
+    text, _ = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "quality of at least 0.5" in text and "within 3 mm" in text and "venous sinuses" in text
+    cfg.update_workflow({"masking": {"method": "threshold", "params": {"grow_mm": 0, "grow_quality_threshold": 0.6}}})
+    text, _ = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "venous sinuses" not in text and "removing voxels of low phase quality" in text
+    cfg.update_workflow({"masking": {"method": "bet", "params": {"grow_mm": 2, "grow_quality_threshold": 0.6}}})
+    text, _ = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "quality of at least 0.6" in text and "within 2 mm" in text
+
+
 def test_boilerplate_without_t1w_or_rois_says_nothing_about_anatomy():
     cfg = Config()
     text, keys = citation.methods_text(cfg, [_record(t1w=None)])

@@ -250,6 +250,13 @@ def methods_text(config, records, out_dir=None):
     mask_text = use(f"masking:{mask.method}", _params_text(mask.params))
     if mask.params.get("refine", True):
         mask_text += " " + use("masking:refine")
+        from qsmprep.qsm.masking import refine_mask
+        from qsmprep.qsm._params import keyword_defaults
+
+        own = {**keyword_defaults(refine_mask), **mask.params}   # the signature's defaults, the preset's values
+        if own["grow_mm"]:
+            mask_text += " " + use("masking:grow", grow_mm=f"{own['grow_mm']:g}",
+                                   threshold=f"{own['grow_quality_threshold']:g}")
     mag.append(mask_text + ", computed on " + use(f"echo_average:{stages['echo_average'].method}"))
     lines.append("**Magnitude, R2\\* and mask.** " + _sentences(mag))
     lines.append("")
