@@ -36,57 +36,88 @@ def _jit(func):
     return njit(cache=True, nogil=True)(func)
 
 
-def _push_edges_impl(v, weights, visited, strides, nxt, head, level):  # pragma: no cover - numba
-    """Queue the edges from visited voxel ``v`` to its unvisited neighbours; return the lowest bin.
+#: Entries per block of the edge queue's buckets (see :func:`_grow_compiled`).
+_BLOCK = 4096
 
-    An edge with a voxel outside the mask has no weight (bin ``N_BINS``; see
-    :func:`unwrap_romeo_volume`), so the mask itself is not read here.
+
+def _grow_impl(phase, weights, valid, strides, order, pool, prev, top, fill, free):  # pragma: no cover - numba
+    """Grow from each unvisited seed in ``order`` across the best queued edge (lowest bin).
+
+    The queue (:func:`_grow_compiled`): ``top[b]`` the top block of bucket ``b`` (−1 empty),
+    ``fill[b]`` its entries, ``prev`` each block's next one down, ``pool`` the blocks' entries,
+    ``free`` the free blocks (a stack).  An edge with a voxel outside the mask has no weight
+    (bin ``N_BINS``; see :func:`unwrap_romeo_volume`), so the mask itself is not read here.
     """
-    n = visited.size
-    for a in range(3):
-        u = v + strides[a]
-        e = v * 3 + a
-        if u < n and weights[e] < N_BINS and not visited[u]:
-            b = weights[e]
-            nxt[e] = head[b]
-            head[b] = e
-            level = min(level, b)
-        w = v - strides[a]
-        if w >= 0:
-            e = w * 3 + a
-            if weights[e] < N_BINS and not visited[w]:
-                b = weights[e]
-                nxt[e] = head[b]
-                head[b] = e
-                level = min(level, b)
-    return level
-
-
-def _grow_impl(phase, weights, valid, strides, order, nxt, head, push):  # pragma: no cover - numba
     n = phase.size
     visited = np.zeros(n, dtype=np.bool_)
     out = phase.copy()
     two_pi = 2.0 * np.pi
+    n_free = free.size
+    nb = np.empty(6, dtype=np.int64)      # the new voxel's candidate edges and their bins
+    ne = np.empty(6, dtype=np.int64)
     for seed_idx in range(order.size):
         seed = order[seed_idx]
         if visited[seed] or not valid[seed]:
             continue
         visited[seed] = True
-        level = push(seed, weights, visited, strides, nxt, head, N_BINS)
-        while level < N_BINS:
-            e = head[level]
-            if e < 0:
-                level += 1
-                continue
-            head[level] = nxt[e]
-            v = e // 3
-            u = v + strides[e - v * 3]
-            if visited[v] and visited[u]:
-                continue
-            src, new = (v, u) if visited[v] else (u, v)
-            out[new] = out[new] + two_pi * np.round((out[src] - out[new]) / two_pi)
-            visited[new] = True
-            level = push(new, weights, visited, strides, nxt, head, level)
+        level = N_BINS
+        v = seed
+        while True:
+            # queue the edges from visited voxel v to its unvisited neighbours
+            k = 0
+            for a in range(3):
+                u = v + strides[a]
+                e = v * 3 + a
+                if u < n and weights[e] < N_BINS and not visited[u]:
+                    nb[k] = weights[e]
+                    ne[k] = e
+                    k += 1
+                w = v - strides[a]
+                if w >= 0:
+                    e = w * 3 + a
+                    if weights[e] < N_BINS and not visited[w]:
+                        nb[k] = weights[e]
+                        ne[k] = e
+                        k += 1
+            for j in range(k):
+                bj = nb[j]
+                c = top[bj]
+                if c < 0 or fill[bj] == _BLOCK:
+                    n_free -= 1
+                    c2 = free[n_free]
+                    prev[c2] = c
+                    top[bj] = c2
+                    fill[bj] = 0
+                    c = c2
+                pool[c * _BLOCK + fill[bj]] = ne[j]
+                fill[bj] += 1
+                if bj < level:
+                    level = bj
+            # the best queued edge that reaches an unvisited voxel
+            new = -1
+            while level < N_BINS:
+                c = top[level]
+                if c < 0:
+                    level += 1
+                    continue
+                fill[level] -= 1
+                e = pool[c * _BLOCK + fill[level]]
+                if fill[level] == 0:
+                    free[n_free] = c
+                    n_free += 1
+                    top[level] = prev[c]
+                    fill[level] = _BLOCK if prev[c] >= 0 else 0
+                v0 = e // 3
+                u0 = v0 + strides[e - v0 * 3]
+                if visited[v0] and visited[u0]:
+                    continue
+                src, new = (v0, u0) if visited[v0] else (u0, v0)
+                out[new] = out[new] + two_pi * np.round((out[src] - out[new]) / two_pi)
+                visited[new] = True
+                break
+            if new < 0:
+                break
+            v = new
     return out, visited
 
 
@@ -94,18 +125,25 @@ _grow = None
 
 
 def _grow_compiled():
+    """The compiled growth.
+
+    The priority queue is a bucket per quality bin; each bucket is a last-in-first-out
+    stack of fixed-size blocks of edge ids (blocks recycled through a free list).  The
+    growth is memory-bound: a linked list through one entry per edge (the previous
+    queue) read its links at random, while a block stack reads and writes where it last
+    wrote.  The order in which edges leave the queue, and so the result, is the same.
+    """
     global _grow
     if _grow is None:
-        push = _jit(_push_edges_impl)
         grow = _jit(_grow_impl)
 
         def _grow(phase, weights, valid, strides, order):
-            # the edge queue's links (one per edge) and bucket heads: 32-bit while the edge ids
-            # fit, which halves the memory the growth reads at random (the loop is memory-bound)
+            # edge ids in 32 bits while they fit (half the memory the growth touches)
             index = np.int32 if weights.size < 2**31 - 1 else np.int64
-            nxt = np.full(weights.size, -1, dtype=index)
-            head = np.full(N_BINS, -1, dtype=index)
-            return grow(phase, weights, valid, strides, order, nxt, head, push)
+            n_blocks = weights.size // _BLOCK + N_BINS + 1    # every edge queued at once, every bucket part-full
+            return grow(phase, weights, valid, strides, order, np.empty(n_blocks * _BLOCK, dtype=index),
+                        np.full(n_blocks, -1, dtype=np.int64), np.full(N_BINS, -1, dtype=np.int64),
+                        np.zeros(N_BINS, dtype=np.int64), np.arange(n_blocks - 1, -1, -1, dtype=np.int64))
 
     return _grow
 
