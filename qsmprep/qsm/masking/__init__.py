@@ -56,8 +56,9 @@ _REFINE = keyword_defaults(refine_mask)
 
 def brain_mask(magnitude, voxel_size, *, method="threshold", quality=None, noise=None, refine=False,
                erode_mm=_REFINE["erode_mm"], grow_mm=_REFINE["grow_mm"],
-               grow_quality_threshold=_REFINE["grow_quality_threshold"], quality_threshold=_REFINE["quality_threshold"],
-               noise_threshold=_REFINE["noise_threshold"], noise_factor=_REFINE["noise_factor"], user_mask=None, partial_coverage="auto", **params):
+               grow_quality_threshold=_REFINE["grow_quality_threshold"],
+               quality_threshold=_REFINE["quality_threshold"], noise_threshold=_REFINE["noise_threshold"],
+               noise_factor=_REFINE["noise_factor"], user_mask=None, partial_coverage="auto", **params):
     """Brain mask for QSM: ``(tight mask, filled mask, info)``.
 
     The filled mask is the brain extraction of the echo-averaged magnitude
