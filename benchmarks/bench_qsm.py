@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_qsm.py [--size full|small] [--workers 2] [--background vsharp,pdf,lbv,ismv,resharp]
-                                   [--inversion tkd,tikhonov,ilsqr,medi,medi:solver=admm,medi+0,tv,nltv,rts]
+                                   [--inversion tkd,tikhonov,ilsqr,medi,medi:solver=admm,medi+0,tv,nltv,rts,whqsm]
                                    [--chisep r2map,gre-only]
 
 Background removal runs on the phantom's total field with its true brain mask and is scored
@@ -46,14 +46,14 @@ def main(argv=None):
     parser.add_argument("--size", choices=["small", "full"], default="full")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--background", default="vsharp,pdf,lbv,ismv,resharp")
-    parser.add_argument("--inversion", default="tkd,tikhonov,ilsqr,medi,medi:solver=admm,medi+0,tv,nltv,rts",
+    parser.add_argument("--inversion", default="tkd,tikhonov,ilsqr,medi,medi:solver=admm,medi+0,tv,nltv,rts,whqsm",
                         help="methods, each METHOD[:KEY=VALUE...] (e.g. medi:solver=admm)")
     parser.add_argument("--chisep", default="r2map,gre-only", help="chi-separation R2' sources ('' for none)")
     opts = parser.parse_args(argv)
 
     from qsmprep.demo import DEEP_GREY_LABELS, make_phantom
     from qsmprep.qsm.background import remove_background
-    from qsmprep.qsm.inversion import invert
+    from qsmprep.qsm.inversion import invert, uses_phase_scale
 
     ph = make_phantom(opts.size)
     mask = ph.brain_mask
@@ -104,8 +104,8 @@ def main(argv=None):
         # METHOD[:KEY=VALUE...], e.g. medi:solver=admm (values as JSON where they parse, else strings)
         method, *pairs = spec.split(":")
         extra = {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
-        if method == "nltv":  # its data term is scaled by the phase of 1 ppm over the echo spacing (as the pipeline)
-            extra["phase_scale"] = phase_per_ppm(ph.tes, ph.b0)
+        if uses_phase_scale(method, extra):  # the nonlinear data term: the phase of 1 ppm over the echo spacing
+            extra["phase_scale"] = phase_per_ppm(ph.tes, ph.b0)  # (as the pipeline)
 
         def run_inversion(sl=(slice(None),) * 3, method=method, extra=extra):
             return invert(field[sl], mask[sl], ph.voxel_size, ph.b0_dir, method=method, magnitude=magnitude[sl],

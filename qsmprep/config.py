@@ -38,7 +38,7 @@ METHODS = {
     "echo_average": ("rss", "mean"),
     "masking": ("threshold", "bet", "none"),
     "background": ("vsharp", "pdf", "lbv", "ismv", "resharp"),
-    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv", "nltv", "rts"),
+    "inversion": ("tkd", "tikhonov", "ilsqr", "medi", "medi+0", "tv", "nltv", "rts", "whqsm"),
     "reference": ("whole-brain", "csf", "roi", "none"),
     "chi_separation": ("none", "chisep"),
 }
@@ -75,6 +75,7 @@ LISTED_OPTIONS = {
     ("inversion", "tv"): ("lambda_", "lambda_rule"),
     ("inversion", "nltv"): ("lambda_", "lambda_rule"),
     ("inversion", "rts"): ("lambda_", "lambda_rule", "delta"),
+    ("inversion", "whqsm"): ("lambda_", "beta"),
     ("background", "vsharp"): ("radius_max_mm",),
     ("background", "pdf"): ("tol", "max_iter", "pad"),
     ("background", "lbv"): ("tol", "max_iter", "peel"),
@@ -343,6 +344,9 @@ def _check_stage_params(stages, source):
     if rule not in inversion.LAMBDA_RULES:
         raise InputError(f"inversion lambda_rule {rule!r} is not one of {list(inversion.LAMBDA_RULES)}",
                          path=source)
+    if stages["inversion"].method == "whqsm" and rule != "fixed":
+        raise InputError(f"inversion 'whqsm' takes lambda_rule 'fixed' only, got {rule!r}: its data term includes "
+                         "the background field it fits, which the automatic rules' residual leaves out", path=source)
     ref = stages["reference"]
     if ref.method == "roi":
         roi = ref.params.get("mask")

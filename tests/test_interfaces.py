@@ -137,6 +137,11 @@ def test_stage_interfaces_chain_on_small_phantom(tmp_path, small_phantom, small_
 
     assert nl.info["DipoleInversionParameters"]["phase_scale"] == pytest.approx(phase_per_ppm(tes, 3.0))
     assert nl.info["DipoleInversionParameters"]["data_term"] == "nonlinear"
+    # so is WH-QSM's, whose nonlinear data term is its default (not named in params)
+    wh = DipoleInversion(local_field=bg.local_field, mask=bg.mask, b0_dir=load.b0_dir, method="whqsm",
+                         echo_times=tes, b0=3.0).run(cwd=tmp_path).outputs
+    assert wh.info["DipoleInversionParameters"]["phase_scale"] == pytest.approx(phase_per_ppm(tes, 3.0))
+    assert wh.info["DipoleInversionParameters"]["data_term"] == "nonlinear"
     ref = ReferenceChi(chi=inv.chi, mask=bg.mask).run(cwd=tmp_path).outputs
     chi, img = _load(ref.chi)
     valid = _load(bg.mask)[0] > 0

@@ -9,7 +9,7 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined
 from qsmprep.errors import InputError
 from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, load_mask, save_like, voxel_size_of
 from qsmprep.qsm.echoes import phase_per_ppm
-from qsmprep.qsm.inversion import invert
+from qsmprep.qsm.inversion import invert, uses_phase_scale
 from qsmprep.qsm.reference import reference_chi
 from qsmprep.qsm.weights import average_echoes
 
@@ -51,8 +51,7 @@ class DipoleInversion(SimpleInterface):
             if isdefined(getattr(self.inputs, name)):
                 opt[name] = load(getattr(self.inputs, name))[0]
         params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
-        nonlinear = self.inputs.method == "nltv" or params.get("data_term") == "nonlinear"
-        if nonlinear and params.get("phase_scale") is None and isdefined(self.inputs.echo_times) \
+        if uses_phase_scale(self.inputs.method, params) and params.get("phase_scale") is None and isdefined(self.inputs.echo_times) \
                 and isdefined(self.inputs.b0):
             params["phase_scale"] = phase_per_ppm(self.inputs.echo_times, self.inputs.b0)
         vols = local[..., None] if local.ndim == 3 else local

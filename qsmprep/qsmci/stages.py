@@ -124,7 +124,7 @@ def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, n
     where ``nltv`` then needs ``phase_scale`` in ``--params``).
     """
     from qsmprep.qsm.echoes import r2star_map
-    from qsmprep.qsm.inversion import invert
+    from qsmprep.qsm.inversion import invert, uses_phase_scale
     from qsmprep.qsm.reference import reference_chi
 
     method, params = stages["inversion"]
@@ -140,7 +140,7 @@ def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, n
     if ref_method == "roi":
         raise InputError("reference 'roi' needs a mask in the contract's grid; QSM-CI stages take 'whole-brain', "
                          "'csf' or 'none'")
-    if phase_scale is not None and (method == "nltv" or params.get("data_term") == "nonlinear"):
+    if phase_scale is not None and uses_phase_scale(method, params):
         params.setdefault("phase_scale", phase_scale)
     try:
         chi, info = invert(local, valid, voxel_size, b0_dir, method=method, magnitude=_average(magnitude),

@@ -18,6 +18,9 @@ Methods
 ``tv``
     Total-variation ADMM with closed-form k-space updates (Bilgic et al. 2014; the weighted
     and nonlinear data terms of FANSI, Milovic et al. 2018) (:func:`tv`).
+``whqsm``
+    Weak-harmonic QSM: nonlinear TV that fits the residual background field, harmonic
+    inside the mask, jointly with χ (Milovic et al. 2019) (:func:`whqsm`).
 
 Conventions shared by all methods: the local field is in ppm of B0 and valid inside
 ``mask``; ``voxel_size`` is in mm per voxel axis and ``b0_dir`` the unit B0 vector in
@@ -36,7 +39,8 @@ expected noise variance) or by the L-curve corner (Hansen 1992; as in Bilgic et 
 Layout (one method per module): :mod:`~qsmprep.qsm.inversion.tkd`,
 :mod:`~qsmprep.qsm.inversion.tikhonov`, :mod:`~qsmprep.qsm.inversion.ilsqr`,
 :mod:`~qsmprep.qsm.inversion.medi` (with :func:`edge_mask` and MEDI+0),
-:mod:`~qsmprep.qsm.inversion.tv`, :mod:`~qsmprep.qsm.inversion.rts`; the λ rules in
+:mod:`~qsmprep.qsm.inversion.tv`, :mod:`~qsmprep.qsm.inversion.rts`,
+:mod:`~qsmprep.qsm.inversion.whqsm`; the λ rules in
 :mod:`~qsmprep.qsm.inversion.regularization`; the operators the methods share in the
 private ``_operators`` and :func:`invert`'s dispatch in ``_dispatch``.  The package names
 the public functions, so ``inversion.tkd`` is the function; a module's private helpers
@@ -46,7 +50,14 @@ Each method's defaults are written once, in its function's signature;
 :func:`default_parameters` reads them and :func:`invert` fills them in.
 """
 
-from qsmprep.qsm.inversion._dispatch import METHODS, default_parameters, invert, invert_echoes, method_parameters
+from qsmprep.qsm.inversion._dispatch import (
+    METHODS,
+    default_parameters,
+    invert,
+    invert_echoes,
+    method_parameters,
+    uses_phase_scale,
+)
 from qsmprep.qsm.inversion.ilsqr import ilsqr
 from qsmprep.qsm.inversion.medi import edge_mask, medi
 from qsmprep.qsm.inversion.regularization import LAMBDA_RULES
@@ -54,6 +65,7 @@ from qsmprep.qsm.inversion.rts import rts
 from qsmprep.qsm.inversion.tikhonov import tikhonov
 from qsmprep.qsm.inversion.tkd import tkd
 from qsmprep.qsm.inversion.tv import tv
+from qsmprep.qsm.inversion.whqsm import whqsm
 
 __all__ = [
     "LAMBDA_RULES",
@@ -69,4 +81,6 @@ __all__ = [
     "tikhonov",
     "tkd",
     "tv",
+    "uses_phase_scale",
+    "whqsm",
 ]

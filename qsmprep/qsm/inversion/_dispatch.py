@@ -32,15 +32,16 @@ from qsmprep.qsm.inversion.rts import rts
 from qsmprep.qsm.inversion.tikhonov import _tikhonov_parts, _tikhonov_solve, tikhonov
 from qsmprep.qsm.inversion.tkd import tkd
 from qsmprep.qsm.inversion.tv import tv
+from qsmprep.qsm.inversion.whqsm import whqsm
 
 #: The function of each method (``medi+0`` is :func:`medi` with its CSF term; ``nltv``, FANSI's
 #: nonlinear TV, is :func:`tv` with its complex exponential data term).
 _FUNCTIONS = {"tkd": tkd, "tikhonov": tikhonov, "ilsqr": ilsqr, "medi": medi, "medi+0": medi, "tv": tv,
-              "nltv": tv, "rts": rts}
+              "nltv": tv, "rts": rts, "whqsm": whqsm}
 #: Inversion methods :func:`invert` accepts.
 METHODS = tuple(_FUNCTIONS)
 #: Methods whose regularisation weight can be chosen by a rule.
-_REGULARISED = ("tikhonov", "medi", "medi+0", "tv", "nltv", "rts")
+_REGULARISED = ("tikhonov", "medi", "medi+0", "tv", "nltv", "rts", "whqsm")
 #: The keyword options of each method that :func:`invert` passes on (and records).
 _METHOD_PARAMS = {
     "tkd": {"threshold", "correct"},
@@ -54,6 +55,8 @@ _METHOD_PARAMS = {
     "tv": {"mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter"},
     "nltv": {"mu", "mu_data", "max_iter", "tol", "phase_scale", "newton_iter"},
     "rts": {"delta", "lsmr_iter", "rho", "tol", "max_iter", "tau", "gamma"},
+    "whqsm": {"beta", "mu_h", "mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter",
+              "edge_fraction"},
 }
 _SELECTION_PARAMS = {"lambda_range", "lambda_evals"}
 
@@ -78,6 +81,18 @@ def method_parameters(method):
     if method in _REGULARISED:
         names |= _SELECTION_PARAMS | {"lambda_", "lambda_rule"}
     return names
+
+
+def uses_phase_scale(method, params=None):
+    """Whether ``method`` with ``params`` runs a nonlinear (complex exponential) data term,
+    which needs ``phase_scale``: ``nltv`` always, the others where their ``data_term`` (given,
+    or their signature's default: ``whqsm``'s is nonlinear) is ``"nonlinear"``."""
+    if method == "nltv":
+        return True
+    if method not in METHODS:
+        return False
+    params = params or {}
+    return params.get("data_term", _method_defaults(method).get("data_term")) == "nonlinear"
 
 
 def default_parameters(method):
@@ -164,6 +179,9 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         raise ValueError(f"unknown {method} parameter(s) {sorted(unknown)}; {hint}")
     if method not in _REGULARISED and (lambda_ is not None or lambda_rule != "fixed"):
         raise ValueError(f"method {method!r} has no regularisation weight: lambda_ and lambda_rule do not apply")
+    if method == "whqsm" and lambda_rule != "fixed":
+        raise ValueError("method 'whqsm' takes lambda_rule 'fixed' only: its data term includes the background "
+                         "field it fits, which the discrepancy and L-curve rules' residual of Dχ − f leaves out")
     field, mask, vs, b = _check_inputs(local_field, mask, voxel_size, b0_dir)
     for name, arr in (("magnitude", magnitude), ("r2star", r2star)):
         if arr is not None and np.shape(arr) != field.shape:
@@ -241,17 +259,21 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
 
         reg_kind = "l1"
         info.update(opts)
-    elif method in ("tv", "nltv"):
+    elif method in ("tv", "nltv", "whqsm"):
         opts = dict(params)
         if method == "nltv":  # Milovic et al. 2018: the complex exponential data term
-            if opts.get("phase_scale") is None:
-                raise ValueError("method 'nltv' needs phase_scale, the phase (rad) of 1 ppm of field "
-                                 "(qsmprep.qsm.echoes.phase_per_ppm of the echo times and B0)")
             opts["data_term"] = "nonlinear"
+        if method == "whqsm":
+            opts.setdefault("data_term", _method_defaults("whqsm")["data_term"])
+        if uses_phase_scale(method, opts) and opts.get("phase_scale") is None:
+            raise ValueError(f"method {method!r} with the nonlinear data term needs phase_scale, the phase (rad) "
+                             "of 1 ppm of field (qsmprep.qsm.echoes.phase_per_ppm of the echo times and B0)"
+                             + (", or data_term 'linear'" if method == "whqsm" else ""))
+        func = whqsm if method == "whqsm" else tv
 
         def solve(lam):
-            out = tv(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, pad=pad,
-                     workers=workers, stats=stats, **opts)
+            out = func(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, pad=pad,
+                       workers=workers, stats=stats, **opts)
             return grid.put(out)
 
         reg_kind = "tv"

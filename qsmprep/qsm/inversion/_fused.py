@@ -18,6 +18,9 @@ costs little more than its FFTs.  Each has the numpy operators of
   and solution steps) in place, for real images and for half spectra (Hermitian-weighted norms);
 * :func:`data_split`: TV's linear data-splitting step (``v``, ``u_v`` and ``v − u_v``);
 * :func:`data_split_nonlinear`: the same for nlTV's complex exponential data term (Newton steps);
+* :func:`wh_kspace_step`: weak-harmonic QSM's joint (χ, background) update in k-space: a 2 × 2
+  solve per frequency, and the spectra of ``χ``, ``Dχ + φ`` and ``Λφ`` it needs next;
+* :func:`harmonic_split`: weak-harmonic QSM's Laplacian split (``z_h``, ``s_h`` and ``z_h − s_h``);
 * :func:`cg_update` and :func:`xpby`: the vector updates of conjugate gradients;
 * :func:`split_sources` and :func:`combine_sources`: χ-separation's two-source Hessian
   (:mod:`qsmprep.qsm.chisep`): the free parts of (χ⁺, χ⁻) and their sum, then the shared
@@ -237,6 +240,36 @@ def _data_split_nonlinear(dchi, f, w2, mu, a, newton_iter, v, uv, rhs):  # pragm
 
 
 @njit(parallel=True, cache=True)
+def _wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h):  # pragma: no cover - compiled
+    n0, n1, n2 = xk.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                dd = d[i, j, k]
+                ll = lap[i, j, k]
+                b = kb[i, j, k]
+                r1 = xk[i, j, k] + (mu_d * dd) * b
+                r2 = mu_d * b + (mu_h * ll) * kc[i, j, k]
+                x = p22[i, j, k] * r1 - p12[i, j, k] * r2
+                ph = p11[i, j, k] * r2 - p12[i, j, k] * r1
+                xk[i, j, k] = x
+                kb[i, j, k] = dd * x + ph
+                kc[i, j, k] = ll * ph
+
+
+@njit(parallel=True, cache=True)
+def _harmonic_split(lphi, sh, keep, rhs):  # pragma: no cover - compiled
+    n0, n1, n2 = lphi.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                y = lphi[i, j, k] + sh[i, j, k]
+                z = keep[i, j, k] * y
+                sh[i, j, k] = y - z
+                rhs[i, j, k] = z - (y - z)
+
+
+@njit(parallel=True, cache=True)
 def _cg_update(x, r, p, ap, alpha):  # pragma: no cover - compiled
     n0, n1, n2 = x.shape
     total = 0.0
@@ -376,6 +409,24 @@ def data_split_nonlinear(dchi, f, w2, mu, a, newton_iter, v, uv, rhs):
     bound ``W² + μ`` where ``W² cos ≤ 0``; a voxel stops once its step is below 1e-8 ppm),
     ``u_v = y − v``; ``rhs`` receives ``v − u_v``."""
     _data_split_nonlinear(dchi, f, w2, np.float32(mu), np.float32(a), int(newton_iter), v, uv, rhs)
+
+
+def wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h):
+    """Weak-harmonic QSM's joint χ and background update in k-space, in place.
+
+    On entry ``xk`` = F(μ ∇ᵀ(z − u)), ``kb`` = F(v − u_v), ``kc`` = F(z_h − s_h) (complex64
+    half spectra).  With ``r₁ = xk + μ_d D kb`` and ``r₂ = μ_d kb + μ_h Λ kc`` it solves
+    ``[[a₁₁, a₁₂], [a₁₂, a₂₂]] [X, Φ] = [r₁, r₂]`` from the precomputed ``p₁₁ = a₁₁/det``,
+    ``p₁₂ = a₁₂/det``, ``p₂₂ = a₂₂/det`` (float32), and leaves ``X`` in ``xk``, ``D X + Φ``
+    in ``kb`` and ``Λ Φ`` in ``kc``.
+    """
+    _wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, *_f32(mu_d, mu_h))
+
+
+def harmonic_split(lphi, sh, keep, rhs):
+    """Weak-harmonic QSM's Laplacian split in place: ``y = Λφ + s_h``, ``z_h = keep · y``
+    (``keep = μ_h/(μ_h + β M)``), ``s_h = y − z_h``; ``rhs`` receives ``z_h − s_h``."""
+    _harmonic_split(lphi, sh, keep, rhs)
 
 
 def cg_update(x, r, p, ap, alpha):
