@@ -38,21 +38,24 @@ def test_weighted_laplacian(shape, vs):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("vs", VOXELS)
-def test_periodic_divergence_shrink_and_data_split(shape, vs):
+@pytest.mark.parametrize("relax", [1.0, 1.6])  # plain and over-relaxed ADMM
+def test_periodic_divergence_shrink_and_data_split(shape, vs, relax):
     x, v, z, u = _data(shape)
     np.testing.assert_allclose(_fused.periodic_divergence(z, u, 2.5, vs), 2.5 * _pgrad_adj(z - u, vs), atol=1e-4)
-    g = _pgrad(x, vs) + u
+    g = relax * _pgrad(x, vs) + (1 - relax) * z + u
     mag = np.sqrt((g * g).sum(axis=0))
-    scale = np.maximum(mag - 0.4, 0) / np.maximum(mag, 1e-12)
+    t = float(np.quantile(mag, 0.3))
+    scale = np.maximum(mag - t, 0) / np.maximum(mag, 1e-12)
     assert (scale == 0).any() and (scale > 0).any()  # both branches of the shrinkage
     z2, u2 = z.copy(), u.copy()
-    _fused.shrink(x, z2, u2, 0.4, vs)
-    np.testing.assert_allclose(z2, g * scale, atol=1e-5)
-    np.testing.assert_allclose(u2, g - g * scale, atol=1e-5)
+    _fused.shrink(x, z2, u2, t, vs, relax)
+    np.testing.assert_allclose(z2, g * scale, atol=2e-5)
+    np.testing.assert_allclose(u2, g - g * scale, atol=2e-5)
     dchi, f, w2 = x, z[0], v[0]
-    vv, uv, rhs = np.empty_like(x), u[0].copy(), np.empty_like(x)
-    y = dchi + uv
-    _fused.data_split(dchi, w2 * f, w2, 0.7, vv, uv, rhs)
+    v_last = (f + 0.3 * u[2]).astype(np.float32)
+    vv, uv, rhs = v_last.copy(), u[0].copy(), np.empty_like(x)
+    y = relax * dchi + (1 - relax) * v_last + uv
+    _fused.data_split(dchi, w2 * f, w2, 0.7, vv, uv, rhs, relax)
     v_ref = (w2 * f + 0.7 * y) / (w2 + 0.7)
     np.testing.assert_allclose(vv, v_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(uv, y - v_ref, rtol=1e-5, atol=1e-5)
@@ -61,7 +64,8 @@ def test_periodic_divergence_shrink_and_data_split(shape, vs):
     a, w2b = np.float32(6.0), (2.0 * w2).astype(np.float32)  # weights above 1: both branches
     v0 = (f + 0.3 * u[1]).astype(np.float32)
     vv, uv, rhs = v0.copy(), u[0].copy(), np.empty_like(x)
-    _fused.data_split_nonlinear(dchi, f, w2b, 0.7, a, 3, vv, uv, rhs)
+    y = relax * dchi + (1 - relax) * v0 + uv
+    _fused.data_split_nonlinear(dchi, f, w2b, 0.7, a, 3, vv, uv, rhs, relax)
     ref = v0.copy()
     for _ in range(3):
         ph = a * (ref - f)
@@ -75,18 +79,19 @@ def test_periodic_divergence_shrink_and_data_split(shape, vs):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("vs", VOXELS)
-def test_weighted_anisotropic_shrink(shape, vs):
-    """MEDI's ADMM step: each component of ∇χ + u soft-thresholded at t·w (w = 0: kept as it is)."""
+@pytest.mark.parametrize("relax", [1.0, 1.6])
+def test_weighted_anisotropic_shrink(shape, vs, relax):
+    """MEDI's ADMM step: each component of α∇χ + (1 − α) z + u soft-thresholded at t·w (w = 0: kept)."""
     x, _, z, u = _data(shape)
     weights = np.random.default_rng(2).integers(0, 3, (3,) + shape).astype(np.float32) / 2  # 0, 0.5, 1
-    g = _pgrad(x, vs) + u
+    g = relax * _pgrad(x, vs) + (1 - relax) * z + u
     t = 0.4 * weights
     ref = np.sign(g) * np.maximum(np.abs(g) - t, 0)
     assert ((ref == 0) & (weights > 0)).any() and ((ref != 0) & (weights > 0)).any()
     z2, u2 = z.copy(), u.copy()
-    _fused.shrink_weighted(x, z2, u2, 0.4, weights, vs)
-    np.testing.assert_allclose(z2, ref, atol=1e-5)
-    np.testing.assert_allclose(u2, g - ref, atol=1e-5)
+    _fused.shrink_weighted(x, z2, u2, 0.4, weights, vs, relax)
+    np.testing.assert_allclose(z2, ref, atol=2e-5)
+    np.testing.assert_allclose(u2, g - ref, atol=2e-5)
 
 
 def test_kspace_step_and_change_norms():
@@ -124,13 +129,13 @@ def test_weak_harmonic_kspace_step_solves_its_2x2_system_and_harmonic_split():
     np.testing.assert_allclose(a11 * x + a12 * phi, r1, rtol=2e-4, atol=2e-4 * np.abs(r1).max())
     np.testing.assert_allclose(a12 * x + a22 * phi, r2, rtol=2e-4, atol=2e-4 * np.abs(r2).max())
     np.testing.assert_allclose(kc, lap * phi, rtol=1e-4, atol=1e-6)
-    lphi, sh = rng.standard_normal((2,) + shape).astype(np.float32)
-    keep = rng.random(shape).astype(np.float32)
-    y = lphi + sh
-    rhs = np.empty_like(lphi)
-    _fused.harmonic_split(lphi, sh, keep, rhs)
-    np.testing.assert_allclose(sh, y - keep * y, atol=1e-6)
-    np.testing.assert_allclose(rhs, keep * y - (y - keep * y), atol=1e-6)
+    for relax in (1.0, 1.6):
+        lphi, sh, rhs = rng.standard_normal((3,) + shape).astype(np.float32)
+        keep = rng.random(shape).astype(np.float32)
+        y = relax * lphi + (1 - relax) * (rhs + sh) + sh  # rhs + s_h on entry: the last z_h
+        _fused.harmonic_split(lphi, sh, keep, rhs, relax)
+        np.testing.assert_allclose(sh, y - keep * y, atol=2e-6)
+        np.testing.assert_allclose(rhs, keep * y - (y - keep * y), atol=2e-6)
 
 
 @pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis
@@ -180,13 +185,13 @@ def test_weak_harmonic_kspace_step_solves_its_2x2_system_and_harmonic_split():
     np.testing.assert_allclose(a11 * x + a12 * phi, r1, rtol=2e-4, atol=2e-4 * np.abs(r1).max())
     np.testing.assert_allclose(a12 * x + a22 * phi, r2, rtol=2e-4, atol=2e-4 * np.abs(r2).max())
     np.testing.assert_allclose(kc, lap * phi, rtol=1e-4, atol=1e-6)
-    lphi, sh = rng.standard_normal((2,) + shape).astype(np.float32)
-    keep = rng.random(shape).astype(np.float32)
-    y = lphi + sh
-    rhs = np.empty_like(lphi)
-    _fused.harmonic_split(lphi, sh, keep, rhs)
-    np.testing.assert_allclose(sh, y - keep * y, atol=1e-6)
-    np.testing.assert_allclose(rhs, keep * y - (y - keep * y), atol=1e-6)
+    for relax in (1.0, 1.6):
+        lphi, sh, rhs = rng.standard_normal((3,) + shape).astype(np.float32)
+        keep = rng.random(shape).astype(np.float32)
+        y = relax * lphi + (1 - relax) * (rhs + sh) + sh  # rhs + s_h on entry: the last z_h
+        _fused.harmonic_split(lphi, sh, keep, rhs, relax)
+        np.testing.assert_allclose(sh, y - keep * y, atol=2e-6)
+        np.testing.assert_allclose(rhs, keep * y - (y - keep * y), atol=2e-6)
 
 
 @pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis

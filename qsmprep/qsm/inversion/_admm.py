@@ -16,6 +16,9 @@ on the padded grid with ``z = ∇χ`` (periodic forward differences) and ``v = D
   Newton steps on the complex exponential term (nonlinear, :func:`._fused.data_split_nonlinear`);
 * ``u += ∇χ − z``, ``u_v += Dχ − v``.
 
+With ``relax`` ``α ≠ 1`` the two splits are over-relaxed (Boyd et al. 2011, §3.4.3): their
+updates take ``α ∇χ + (1 − α) z`` and ``α Dχ + (1 − α) v`` for ``∇χ`` and ``Dχ``.
+
 Two FFT pairs an iteration; every element-wise step is one compiled pass
 (:mod:`qsmprep.qsm.inversion._fused`).  Stops when ``‖χ_k − χ_{k−1}‖ < tol ‖χ_k‖`` (from the
 second iteration) or after ``max_iter`` iterations.
@@ -39,7 +42,7 @@ from qsmprep.qsm.inversion._operators import _gradient_reg
 
 
 def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newton_iter=4,
-            gradient_weights=None):
+            gradient_weights=None, relax=1.0):
     """Run the ADMM (module docstring) on ``grid``; returns (χ on the padded grid, iterations).
 
     ``f`` is the field and ``w2`` the squared data weights on the grid (zero outside the
@@ -76,16 +79,16 @@ def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newt
             change = np.sqrt(diff) / max(np.sqrt(size), 1e-30)
             chi = chi_new
             if gradient_weights is None:
-                shrink(chi, z, u, thr, vs)  # z = shrink(∇χ + u), u = u + ∇χ − z
+                shrink(chi, z, u, thr, vs, relax)  # z = shrink(∇χ + u), u = u + ∇χ − z
             else:
-                shrink_weighted(chi, z, u, thr, gradient_weights, vs)
+                shrink_weighted(chi, z, u, thr, gradient_weights, vs, relax)
             if a is None:
-                data_split(dchi, w2f, w2, mu_d, v, uv, data_in)
+                data_split(dchi, w2f, w2, mu_d, v, uv, data_in, relax)
             else:
                 # Newton where that voxel's cost is convex (cos > 0); elsewhere a step with the
                 # curvature's bound W² + μ_d, which always descends (W² cos + μ_d can be ≤ 0
                 # where weights above 1 meet a field far from the data, and Newton diverges)
-                data_split_nonlinear(dchi, f, w2, mu_d, a, newton_iter, v, uv, data_in)
+                data_split_nonlinear(dchi, f, w2, mu_d, a, newton_iter, v, uv, data_in, relax)
             del dchi
             if it > 1 and change < tol:
                 break

@@ -49,14 +49,14 @@ _METHOD_PARAMS = {
     "ilsqr": {"tol", "max_iter", "fast_estimate", "fast_smv_mm", "fast_exponent", "fast_percentiles",
               "fast_tkd_threshold", "cone_threshold", "edge_fraction", "streak_tol", "streak_max_iter"},
     "medi": {"edge_fraction", "solver", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "mu", "mu_data",
-             "admm_max_iter", "admm_tol", "newton_iter", "data_term", "phase_scale"},
+             "admm_max_iter", "admm_tol", "admm_relax", "newton_iter", "data_term", "phase_scale"},
     "medi+0": {"edge_fraction", "max_iter", "tol", "cg_max_iter", "cg_tol", "epsilon", "data_term",
                "phase_scale", "lambda_csf", "csf_r2star_max", "csf"},
-    "tv": {"mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter"},
-    "nltv": {"mu", "mu_data", "max_iter", "tol", "phase_scale", "newton_iter"},
+    "tv": {"mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter", "relax"},
+    "nltv": {"mu", "mu_data", "max_iter", "tol", "phase_scale", "newton_iter", "relax"},
     "rts": {"delta", "lsmr_iter", "rho", "tol", "max_iter", "tau", "gamma"},
     "whqsm": {"beta", "mu_h", "mu", "mu_data", "max_iter", "tol", "data_term", "phase_scale", "newton_iter",
-              "edge_fraction"},
+              "edge_fraction", "relax"},
 }
 _SELECTION_PARAMS = {"lambda_range", "lambda_evals"}
 

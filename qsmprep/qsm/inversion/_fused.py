@@ -78,9 +78,10 @@ def _periodic_divergence(z, u, s, h0, h1, h2, out):  # pragma: no cover - compil
 
 
 @njit(parallel=True, cache=True)
-def _shrink(chi, z, u, t, h0, h1, h2):  # pragma: no cover - compiled
+def _shrink(chi, z, u, t, h0, h1, h2, rel):  # pragma: no cover - compiled
     n0, n1, n2 = chi.shape
-    r0, r1, r2 = np.float32(1.0) / h0, np.float32(1.0) / h1, np.float32(1.0) / h2
+    r0, r1, r2 = rel / h0, rel / h1, rel / h2
+    keep = np.float32(1.0) - rel
     tiny = np.float32(1e-12)
     zero = np.float32(0.0)
     for i in prange(n0):
@@ -90,9 +91,9 @@ def _shrink(chi, z, u, t, h0, h1, h2):  # pragma: no cover - compiled
             for k in range(n2):
                 kp = k + 1 if k < n2 - 1 else 0
                 c = chi[i, j, k]
-                g0 = (chi[ip, j, k] - c) * r0 + u[0, i, j, k]
-                g1 = (chi[i, jp, k] - c) * r1 + u[1, i, j, k]
-                g2 = (chi[i, j, kp] - c) * r2 + u[2, i, j, k]
+                g0 = (chi[ip, j, k] - c) * r0 + keep * z[0, i, j, k] + u[0, i, j, k]
+                g1 = (chi[i, jp, k] - c) * r1 + keep * z[1, i, j, k] + u[1, i, j, k]
+                g2 = (chi[i, j, kp] - c) * r2 + keep * z[2, i, j, k] + u[2, i, j, k]
                 mag = np.sqrt(g0 * g0 + g1 * g1 + g2 * g2)
                 f = max(mag - t, zero) / max(mag, tiny)
                 z[0, i, j, k] = g0 * f
@@ -104,9 +105,10 @@ def _shrink(chi, z, u, t, h0, h1, h2):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def _shrink_weighted(chi, z, u, t, gw, h0, h1, h2):  # pragma: no cover - compiled
+def _shrink_weighted(chi, z, u, t, gw, h0, h1, h2, rel):  # pragma: no cover - compiled
     n0, n1, n2 = chi.shape
-    r0, r1, r2 = np.float32(1.0) / h0, np.float32(1.0) / h1, np.float32(1.0) / h2
+    r0, r1, r2 = rel / h0, rel / h1, rel / h2
+    keep = np.float32(1.0) - rel
     zero = np.float32(0.0)
     for i in prange(n0):
         ip = i + 1 if i < n0 - 1 else 0
@@ -117,11 +119,12 @@ def _shrink_weighted(chi, z, u, t, gw, h0, h1, h2):  # pragma: no cover - compil
                 c = chi[i, j, k]
                 for a in range(3):
                     if a == 0:
-                        g = (chi[ip, j, k] - c) * r0 + u[0, i, j, k]
+                        g = (chi[ip, j, k] - c) * r0
                     elif a == 1:
-                        g = (chi[i, jp, k] - c) * r1 + u[1, i, j, k]
+                        g = (chi[i, jp, k] - c) * r1
                     else:
-                        g = (chi[i, j, kp] - c) * r2 + u[2, i, j, k]
+                        g = (chi[i, j, kp] - c) * r2
+                    g += keep * z[a, i, j, k] + u[a, i, j, k]
                     ta = t * gw[a, i, j, k]
                     if g > ta:
                         zz = g - ta
@@ -201,12 +204,13 @@ def _lsqr_xw(x, w, v, a, b):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def _data_split(dchi, w2f, w2, mu, v, uv, rhs):  # pragma: no cover - compiled
+def _data_split(dchi, w2f, w2, mu, v, uv, rhs, rel):  # pragma: no cover - compiled
     n0, n1, n2 = dchi.shape
+    keep = np.float32(1.0) - rel
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
-                y = dchi[i, j, k] + uv[i, j, k]
+                y = rel * dchi[i, j, k] + keep * v[i, j, k] + uv[i, j, k]
                 vv = (w2f[i, j, k] + mu * y) / (w2[i, j, k] + mu)
                 v[i, j, k] = vv
                 uv[i, j, k] = y - vv
@@ -214,14 +218,15 @@ def _data_split(dchi, w2f, w2, mu, v, uv, rhs):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def _data_split_nonlinear(dchi, f, w2, mu, a, newton_iter, v, uv, rhs):  # pragma: no cover - compiled
+def _data_split_nonlinear(dchi, f, w2, mu, a, newton_iter, v, uv, rhs, rel):  # pragma: no cover - compiled
     n0, n1, n2 = dchi.shape
     zero = np.float32(0.0)
     tiny = np.float32(1e-8)  # ppm: far below any field noise
+    keep = np.float32(1.0) - rel
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
-                y = dchi[i, j, k] + uv[i, j, k]
+                y = rel * dchi[i, j, k] + keep * v[i, j, k] + uv[i, j, k]
                 vv = v[i, j, k]
                 ww = w2[i, j, k]
                 ff = f[i, j, k]
@@ -258,12 +263,14 @@ def _wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h):  # pragma: n
 
 
 @njit(parallel=True, cache=True)
-def _harmonic_split(lphi, sh, keep, rhs):  # pragma: no cover - compiled
+def _harmonic_split(lphi, sh, keep, rhs, rel):  # pragma: no cover - compiled
     n0, n1, n2 = lphi.shape
+    old = np.float32(1.0) - rel
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
-                y = lphi[i, j, k] + sh[i, j, k]
+                s = sh[i, j, k]
+                y = rel * lphi[i, j, k] + old * (rhs[i, j, k] + s) + s  # rhs + s_h: the last z_h
                 z = keep[i, j, k] * y
                 sh[i, j, k] = y - z
                 rhs[i, j, k] = z - (y - z)
@@ -335,15 +342,17 @@ def periodic_divergence(z, u, scale, voxel_size, out=None):
     return out
 
 
-def shrink(chi, z, u, threshold, voxel_size):
-    """TV's ADMM step in place: ``g = ∇χ + u`` (periodic), ``z = g·max(|g| − t, 0)/|g|``, ``u = g − z``."""
-    _shrink(chi, z, u, *_f32(threshold, *voxel_size))
+def shrink(chi, z, u, threshold, voxel_size, relax=1.0):
+    """TV's ADMM step in place: ``g = h + u`` with ``h = α ∇χ + (1 − α) z`` (periodic differences;
+    ``α`` = ``relax``, 1 for plain ADMM), ``z = g·max(|g| − t, 0)/|g|``, ``u = g − z``."""
+    _shrink(chi, z, u, *_f32(threshold, *voxel_size, relax))
 
 
-def shrink_weighted(chi, z, u, threshold, weights, voxel_size):
-    """Weighted anisotropic ADMM step in place: ``g = ∇χ + u`` (periodic), per component
-    ``z_a = sign(g_a) max(|g_a| − t w_a, 0)``, ``u = g − z`` (``weights`` of shape ``(3,) + χ.shape``)."""
-    _shrink_weighted(chi, z, u, np.float32(threshold), weights, *_f32(*voxel_size))
+def shrink_weighted(chi, z, u, threshold, weights, voxel_size, relax=1.0):
+    """Weighted anisotropic ADMM step in place: ``g = h + u`` with ``h`` as in :func:`shrink`, per
+    component ``z_a = sign(g_a) max(|g_a| − t w_a, 0)``, ``u = g − z`` (``weights`` of shape
+    ``(3,) + χ.shape``)."""
+    _shrink_weighted(chi, z, u, np.float32(threshold), weights, *_f32(*voxel_size, relax))
 
 
 def kspace_step(xk, kd, mud, inv_denom, d):
@@ -395,20 +404,22 @@ def lsqr_xw(x, w, v, a, b):
     _lsqr_xw(_rows(x), _rows(w), _rows(v), np.float32(a), np.float32(b))
 
 
-def data_split(dchi, w2f, w2, mu, v, uv, rhs):
-    """TV's linear data step in place: ``y = Dχ + u_v``, ``v = (W²f + μy)/(W² + μ)``, ``u_v = y − v``.
+def data_split(dchi, w2f, w2, mu, v, uv, rhs, relax=1.0):
+    """TV's linear data step in place: ``y = α Dχ + (1 − α) v + u_v`` (``α`` = ``relax``, 1 for
+    plain ADMM), ``v = (W²f + μy)/(W² + μ)``, ``u_v = y − v``.
 
     ``rhs`` receives ``v − u_v``, the next χ update's data input.
     """
-    _data_split(dchi, w2f, w2, np.float32(mu), v, uv, rhs)
+    _data_split(dchi, w2f, w2, np.float32(mu), v, uv, rhs, np.float32(relax))
 
 
-def data_split_nonlinear(dchi, f, w2, mu, a, newton_iter, v, uv, rhs):
-    """nlTV's data step in place: ``y = Dχ + u_v``, at most ``newton_iter`` safeguarded Newton
+def data_split_nonlinear(dchi, f, w2, mu, a, newton_iter, v, uv, rhs, relax=1.0):
+    """nlTV's data step in place: ``y = α Dχ + (1 − α) v + u_v``, at most ``newton_iter`` safeguarded Newton
     steps on ``W² (1 − cos(a (v − f)))/a² + μ/2 (v − y)²`` from the current ``v`` (the curvature
     bound ``W² + μ`` where ``W² cos ≤ 0``; a voxel stops once its step is below 1e-8 ppm),
     ``u_v = y − v``; ``rhs`` receives ``v − u_v``."""
-    _data_split_nonlinear(dchi, f, w2, np.float32(mu), np.float32(a), int(newton_iter), v, uv, rhs)
+    _data_split_nonlinear(dchi, f, w2, np.float32(mu), np.float32(a), int(newton_iter), v, uv, rhs,
+                          np.float32(relax))
 
 
 def wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h):
@@ -423,10 +434,11 @@ def wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h):
     _wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, *_f32(mu_d, mu_h))
 
 
-def harmonic_split(lphi, sh, keep, rhs):
-    """Weak-harmonic QSM's Laplacian split in place: ``y = Λφ + s_h``, ``z_h = keep · y``
-    (``keep = μ_h/(μ_h + β M)``), ``s_h = y − z_h``; ``rhs`` receives ``z_h − s_h``."""
-    _harmonic_split(lphi, sh, keep, rhs)
+def harmonic_split(lphi, sh, keep, rhs, relax=1.0):
+    """Weak-harmonic QSM's Laplacian split in place: ``y = α Λφ + (1 − α) z_h + s_h`` (``α`` =
+    ``relax``; the last ``z_h`` is ``rhs + s_h`` on entry), ``z_h = keep · y`` (``keep = μ_h/(μ_h +
+    β M)``), ``s_h = y − z_h``; ``rhs`` receives ``z_h − s_h``."""
+    _harmonic_split(lphi, sh, keep, rhs, np.float32(relax))
 
 
 def cg_update(x, r, p, ap, alpha):

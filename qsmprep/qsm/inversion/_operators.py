@@ -53,6 +53,14 @@ def _check_positive(name, value, *, integer=False, allow_zero=False):
     return v
 
 
+def _check_relax(value, name="relax"):
+    """An ADMM over-relaxation factor: ADMM converges for α in (0, 2) (Eckstein & Bertsekas 1992)."""
+    value = float(value)
+    if not 0.0 < value < 2.0:
+        raise ValueError(f"{name} must be in (0, 2), got {value!r}")
+    return value
+
+
 def _check_fraction(name, value, lo=0.0, hi=1.0):
     v = _check_positive(name, value, allow_zero=True)
     if not lo < v < hi:

@@ -13,6 +13,7 @@ from qsmprep.qsm.inversion._operators import (
     _check_fraction,
     _check_inputs,
     _check_positive,
+    _check_relax,
     _fgrad,
     _norm,
     _percentile_edges,
@@ -54,7 +55,7 @@ def edge_mask(magnitude, mask, voxel_size, *, edge_fraction=0.3):
 
 def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lambda_=5e-4,
          edge_fraction=0.3, solver="gauss-newton", max_iter=10, tol=0.1, cg_max_iter=100, cg_tol=0.01, epsilon=1e-6,
-         mu=None, mu_data=1.0, admm_max_iter=300, admm_tol=0.001, newton_iter=4,
+         mu=None, mu_data=1.0, admm_max_iter=300, admm_tol=0.001, admm_relax=1.0, newton_iter=4,
          data_term="linear", phase_scale=None, csf=None, lambda_csf=None, pad=16, workers=None, stats=None,
          _x0=None):
     """Morphology enabled dipole inversion (MEDI), optionally MEDI+0.
@@ -125,6 +126,8 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
         ADMM penalties of the gradient (default ``100 λ``) and data splittings.
     admm_max_iter, admm_tol : int, float
         ADMM iterations and the relative update to stop at.
+    admm_relax : float
+        The ADMM's over-relaxation ``α`` in (0, 2) (1: plain ADMM; see :func:`tv`).
     newton_iter : int
         Newton steps of the ADMM's nonlinear data update.
     data_term : {"linear", "nonlinear"}
@@ -159,6 +162,7 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
     mu_d = _check_positive("mu_data", mu_data)
     admm_max_iter = _check_positive("admm_max_iter", admm_max_iter, integer=True)
     admm_tol = _check_positive("admm_tol", admm_tol)
+    admm_relax = _check_relax(admm_relax, "admm_relax")
     newton_iter = _check_positive("newton_iter", newton_iter, integer=True)
     a = _check_data_term(data_term, phase_scale)
     grid, f, w, _ = _weighted_data(field, mask, vs, b, pad, workers, noise, magnitude)
@@ -172,7 +176,7 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
         mg = np.ones((3,) + grid.shape, dtype=np.float32)
     if solver == "admm":
         chi, it = admm_l1(grid, f, w2, lam=lam, mu=mu, mu_d=mu_d, max_iter=admm_max_iter, tol=admm_tol,
-                          phase_scale=a, newton_iter=newton_iter, gradient_weights=mg)
+                          phase_scale=a, newton_iter=newton_iter, gradient_weights=mg, relax=admm_relax)
         if stats is not None:
             stats.update({"solver": solver, "iterations": it})
         return grid.get(chi * m)

@@ -19,14 +19,16 @@ from qsmprep.qsm.inversion._operators import (
     _check_data_term,
     _check_inputs,
     _check_positive,
+    _check_relax,
     _gradient_reg,
     _weighted_data,
 )
 
 
 def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lambda_=2e-4, beta=150.0,
-          mu_h=None, mu=None, mu_data=1.0, max_iter=300, tol=0.001, data_term="nonlinear", phase_scale=None,
-          newton_iter=4, edge_fraction=None, pad=16, workers=None, stats=None, return_background=False):
+          mu_h=None, mu=None, mu_data=0.3, max_iter=300, tol=0.001, data_term="nonlinear", phase_scale=None,
+          newton_iter=4, edge_fraction=None, relax=1.6, pad=16, workers=None, stats=None,
+          return_background=False):
     """Weak-harmonic QSM: χ and the residual background field from one local field.
 
     Milovic, Bilgic, Zhao, Langkammer, Tejos & Acosta-Cabronero, "Weak-harmonic
@@ -55,10 +57,17 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
       ``z_h = μ_h (Λφ + s_h)/(μ_h + β M)``;
     * ``u += ∇χ − z``, ``u_v += Dχ + φ − v``, ``s_h += Λφ − z_h``.
 
-    Stops when ``‖χ_k − χ_{k−1}‖ < tol ‖χ_k‖`` or after ``max_iter`` iterations.  FANSI's
-    defaults: ``β`` 150, ``μ_h = β/50`` (its recommendation), ``μ = 100 λ``, ``μ_d`` 1; the
-    harmonic field converges slowly (FANSI: "hundreds of iterations"), hence 300 iterations
-    at most and FANSI's 0.1 % update tolerance.
+    Over-relaxed (Eckstein & Bertsekas, Math Program 1992;55:293-318; Boyd et al., Found
+    Trends Mach Learn 2011;3:1-122, §3.4.3): each split's update uses ``α·(new) + (1 − α)·(its
+    last value)`` in place of the new ``∇χ``, ``Dχ + φ`` and ``Λφ``, with ``α`` = ``relax`` in
+    Boyd's range 1.5-1.8 (1: plain ADMM).  Stops when ``‖χ_k − χ_{k−1}‖ < tol ‖χ_k‖`` or after
+    ``max_iter`` iterations.  FANSI's model defaults: ``β`` 150, ``μ_h = β/50`` (its
+    recommendation), ``μ = 100 λ``; the harmonic field converges slowly (FANSI: "hundreds of
+    iterations"), hence 300 iterations at most and FANSI's 0.1 % update tolerance.  The
+    penalties change how fast ADMM converges, not what it converges to: ``relax`` 1.6 and
+    ``mu_data`` 0.3 (FANSI: 1, 1) reached an equal or better χ in fewer iterations on both
+    phantom families through the pipeline (1 mm demo: NRMSE 28.8 % vs 29.0 %, inversion 11 s
+    vs 16 s; MNI head, Siemens-like: 37.8 % vs 37.9 %, 12 s vs 18 s; README).
 
     Parameters
     ----------
@@ -74,6 +83,8 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
         Laplacian-splitting penalty (default ``β/50``).
     mu, mu_data : float
         Gradient- and data-splitting penalties (``mu`` default ``100 λ``).
+    relax : float
+        ADMM over-relaxation ``α`` in (0, 2); 1 is plain ADMM.
     max_iter, tol : int, float
         ADMM iterations and relative update to stop at.
     data_term : {"linear", "nonlinear"}
@@ -105,6 +116,7 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
     mu_h = beta / 50.0 if mu_h is None else _check_positive("mu_h", mu_h)
     mu = 100.0 * lam if mu is None else _check_positive("mu", mu)
     mu_d = _check_positive("mu_data", mu_data)
+    relax = _check_relax(relax)
     max_iter = _check_positive("max_iter", max_iter, integer=True)
     tol = _check_positive("tol", tol)
     newton_iter = _check_positive("newton_iter", newton_iter, integer=True)
@@ -158,14 +170,14 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
             change = np.sqrt(diff) / max(np.sqrt(size), 1e-30)
             chi = chi_new
             if edges is None:
-                shrink(chi, z, u, thr, vs)
+                shrink(chi, z, u, thr, vs, relax)
             else:
-                shrink_weighted(chi, z, u, thr, edges, vs)
+                shrink_weighted(chi, z, u, thr, edges, vs, relax)
             if a is None:
-                data_split(field_model, w2f, w2, mu_d, v, uv, data_in)
+                data_split(field_model, w2f, w2, mu_d, v, uv, data_in, relax)
             else:
-                data_split_nonlinear(field_model, f, w2, mu_d, a, newton_iter, v, uv, data_in)
-            harmonic_split(lphi, sh, keep, harm_in)
+                data_split_nonlinear(field_model, f, w2, mu_d, a, newton_iter, v, uv, data_in, relax)
+            harmonic_split(lphi, sh, keep, harm_in, relax)
             del lphi
             if it > 1 and change < tol:
                 break
