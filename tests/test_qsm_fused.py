@@ -165,35 +165,6 @@ def test_lsqr_vector_passes(pad):
     np.testing.assert_allclose(w, v - np.float32(0.2) * w0, rtol=1e-6, atol=1e-6)
 
 
-def test_weak_harmonic_kspace_step_solves_its_2x2_system_and_harmonic_split():
-    """Per frequency, X and Φ solve WH-QSM's normal equations (whqsm's docstring)."""
-    rng = np.random.default_rng(5)
-    shape = (7, 6, 4)
-    xk, kb, kc = ((rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-                  for _ in range(3))
-    d = rng.uniform(-2 / 3, 1 / 3, shape).astype(np.float32)
-    lap = rng.uniform(0.01, 12.0, shape).astype(np.float32)
-    mu, mu_d, mu_h = 0.02, 1.0, 3.0
-    a11, a12, a22 = mu * lap + mu_d * d * d, mu_d * d, mu_d + mu_h * lap * lap
-    det = a11 * a22 - a12 * a12
-    r1 = xk + mu_d * d * kb
-    r2 = mu_d * kb + mu_h * lap * kc
-    p11, p12, p22 = ((a / det).astype(np.float32) for a in (a11, a12, a22))
-    _fused.wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h)
-    x = xk
-    phi = kb - d * x
-    np.testing.assert_allclose(a11 * x + a12 * phi, r1, rtol=2e-4, atol=2e-4 * np.abs(r1).max())
-    np.testing.assert_allclose(a12 * x + a22 * phi, r2, rtol=2e-4, atol=2e-4 * np.abs(r2).max())
-    np.testing.assert_allclose(kc, lap * phi, rtol=1e-4, atol=1e-6)
-    for relax in (1.0, 1.6):
-        lphi, sh, rhs = rng.standard_normal((3,) + shape).astype(np.float32)
-        keep = rng.random(shape).astype(np.float32)
-        y = relax * lphi + (1 - relax) * (rhs + sh) + sh  # rhs + s_h on entry: the last z_h
-        _fused.harmonic_split(lphi, sh, keep, rhs, relax)
-        np.testing.assert_allclose(sh, y - keep * y, atol=2e-6)
-        np.testing.assert_allclose(rhs, keep * y - (y - keep * y), atol=2e-6)
-
-
 @pytest.mark.parametrize("pad", [0, 3])  # an odd and an even last axis
 def test_half_spectrum_inner_product_and_lsqr(pad):
     mask = np.zeros((20, 22, 17), bool)

@@ -38,7 +38,20 @@ from qsmprep.qsm.inversion._fused import (
     shrink,
     shrink_weighted,
 )
-from qsmprep.qsm.inversion._operators import _gradient_reg
+from qsmprep.qsm.inversion._operators import _check_data_term, _check_positive, _check_relax, _gradient_reg
+
+
+def admm_options(lambda_, mu, mu_data, relax, max_iter, tol, newton_iter, data_term, phase_scale):
+    """The checked options of a TV-type ADMM (:func:`tv`, :func:`whqsm`).
+
+    Returns ``(λ, μ, μ_d, α, max_iter, tol, newton_iter, a)``: ``μ`` defaults to ``100 λ``
+    (FANSI) and ``a`` is the nonlinear data term's phase per ppm (None: linear).
+    """
+    lam = _check_positive("lambda_", lambda_)
+    mu = 100.0 * lam if mu is None else _check_positive("mu", mu)
+    return (lam, mu, _check_positive("mu_data", mu_data), _check_relax(relax),
+            _check_positive("max_iter", max_iter, integer=True), _check_positive("tol", tol),
+            _check_positive("newton_iter", newton_iter, integer=True), _check_data_term(data_term, phase_scale))
 
 
 def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newton_iter=4,

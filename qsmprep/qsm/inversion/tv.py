@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from qsmprep.qsm.inversion._admm import admm_l1
-from qsmprep.qsm.inversion._operators import (
-    _check_data_term,
-    _check_inputs,
-    _check_positive,
-    _check_relax,
-    _weighted_data,
-)
+from qsmprep.qsm.inversion._admm import admm_l1, admm_options
+from qsmprep.qsm.inversion._operators import _check_inputs, _weighted_data
 
 
 def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lambda_=2e-4, mu=None,
@@ -69,14 +63,8 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
         χ (ppm), zero outside the mask.
     """
     field, mask, vs, b = _check_inputs(local_field, mask, voxel_size, b0_dir)
-    lam = _check_positive("lambda_", lambda_)
-    mu = 100.0 * lam if mu is None else _check_positive("mu", mu)
-    mu_d = _check_positive("mu_data", mu_data)
-    relax = _check_relax(relax)
-    max_iter = _check_positive("max_iter", max_iter, integer=True)
-    tol = _check_positive("tol", tol)
-    newton_iter = _check_positive("newton_iter", newton_iter, integer=True)
-    a = _check_data_term(data_term, phase_scale)
+    lam, mu, mu_d, relax, max_iter, tol, newton_iter, a = admm_options(
+        lambda_, mu, mu_data, relax, max_iter, tol, newton_iter, data_term, phase_scale)
     grid, f, w, _ = _weighted_data(field, mask, vs, b, pad, workers, noise, magnitude)
     chi, it = admm_l1(grid, f, w * w, lam=lam, mu=mu, mu_d=mu_d, max_iter=max_iter, tol=tol, phase_scale=a,
                       newton_iter=newton_iter, relax=relax)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qsmprep.qsm._numba import num_threads
+from qsmprep.qsm.inversion._admm import admm_options
 from qsmprep.qsm.inversion._fused import (
     change_norms,
     data_split,
@@ -15,14 +16,7 @@ from qsmprep.qsm.inversion._fused import (
     shrink_weighted,
     wh_kspace_step,
 )
-from qsmprep.qsm.inversion._operators import (
-    _check_data_term,
-    _check_inputs,
-    _check_positive,
-    _check_relax,
-    _gradient_reg,
-    _weighted_data,
-)
+from qsmprep.qsm.inversion._operators import _check_inputs, _check_positive, _gradient_reg, _weighted_data
 
 
 def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lambda_=2e-4, beta=150.0,
@@ -111,16 +105,10 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
         ``φ``, only with ``return_background``.
     """
     field, mask, vs, b = _check_inputs(local_field, mask, voxel_size, b0_dir)
-    lam = _check_positive("lambda_", lambda_)
+    lam, mu, mu_d, relax, max_iter, tol, newton_iter, a = admm_options(
+        lambda_, mu, mu_data, relax, max_iter, tol, newton_iter, data_term, phase_scale)
     beta = _check_positive("beta", beta)
     mu_h = beta / 50.0 if mu_h is None else _check_positive("mu_h", mu_h)
-    mu = 100.0 * lam if mu is None else _check_positive("mu", mu)
-    mu_d = _check_positive("mu_data", mu_data)
-    relax = _check_relax(relax)
-    max_iter = _check_positive("max_iter", max_iter, integer=True)
-    tol = _check_positive("tol", tol)
-    newton_iter = _check_positive("newton_iter", newton_iter, integer=True)
-    a = _check_data_term(data_term, phase_scale)
     grid, f, w, _ = _weighted_data(field, mask, vs, b, pad, workers, noise, magnitude)
     edges = None
     if edge_fraction is not None:
