@@ -187,6 +187,9 @@ def test_whqsm_options_are_checked():
         inv.whqsm(field, mask, (1, 1, 1), (0, 0, 1), data_term="linear", edge_fraction=0.3)
     _, info = inv.invert(field, mask, (1, 1, 1), (0, 0, 1), method="whqsm", data_term="linear", pad=4, workers=1)
     assert info["data_term"] == "linear" and info["lambda"] == 2e-4 and "background_rms_ppm" in info
+    defaults = inv.default_parameters("whqsm")  # every option it ran with is recorded
+    assert {k: info[k] for k in defaults if k not in ("lambda_", "data_term")} == \
+        {k: v for k, v in defaults.items() if k not in ("lambda_", "data_term")}
     assert inv.uses_phase_scale("whqsm") and not inv.uses_phase_scale("whqsm", {"data_term": "linear"})
     assert inv.uses_phase_scale("nltv") and not inv.uses_phase_scale("tv")
 

@@ -51,8 +51,8 @@ class DipoleInversion(SimpleInterface):
             if isdefined(getattr(self.inputs, name)):
                 opt[name] = load(getattr(self.inputs, name))[0]
         params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
-        if uses_phase_scale(self.inputs.method, params) and params.get("phase_scale") is None and isdefined(self.inputs.echo_times) \
-                and isdefined(self.inputs.b0):
+        if uses_phase_scale(self.inputs.method, params) and params.get("phase_scale") is None \
+                and isdefined(self.inputs.echo_times) and isdefined(self.inputs.b0):
             params["phase_scale"] = phase_per_ppm(self.inputs.echo_times, self.inputs.b0)
         vols = local[..., None] if local.ndim == 3 else local
         chis, info = [], {}

@@ -263,8 +263,9 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         opts = dict(params)
         if method == "nltv":  # Milovic et al. 2018: the complex exponential data term
             opts["data_term"] = "nonlinear"
-        if method == "whqsm":
-            opts.setdefault("data_term", _method_defaults("whqsm")["data_term"])
+        if method == "whqsm":  # a new method: every option it runs with goes to the sidecar
+            opts = {**{k: v for k, v in _method_defaults("whqsm").items() if k != "lambda_" and v is not None},
+                    **opts}
         if uses_phase_scale(method, opts) and opts.get("phase_scale") is None:
             raise ValueError(f"method {method!r} with the nonlinear data term needs phase_scale, the phase (rad) "
                              "of 1 ppm of field (qsmprep.qsm.echoes.phase_per_ppm of the echo times and B0)"

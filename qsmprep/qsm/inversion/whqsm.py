@@ -37,8 +37,8 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
     ``data_term="nonlinear"``, as :func:`tv`'s; ``‖∇χ‖₁`` is :func:`tv`'s isotropic TV, so
     the two compare, where FANSI's ``WH_nlTV`` shrinks each component apart), where
     ``Λ = ∇ᵀ∇`` is the discrete Laplacian (periodic differences with the voxel size in mm,
-    so ``β`` is in mm⁴; at 1 mm it is FANSI's unit-spacing Laplacian) and ``M`` the mask: ``φ`` may have sources only outside
-    the mask, where it is free.  ADMM with FANSI's splittings ``z = ∇χ`` (weight ``μ``),
+    so ``β`` is in mm⁴; at 1 mm it is FANSI's unit-spacing Laplacian) and ``M`` the mask:
+    ``φ`` may have sources only outside the mask, where it is free.  ADMM with FANSI's splittings ``z = ∇χ`` (weight ``μ``),
     ``v = Dχ + φ`` (``μ_d``) and ``z_h = Λφ`` (``μ_h``).  Unlike FANSI, which updates χ and
     φ one after the other, χ and φ form one ADMM block here and are solved together in
     closed form in k-space (a 2 × 2 system per frequency, :func:`._fused.wh_kspace_step`),
