@@ -295,3 +295,13 @@ def test_report_of_a_qc_file_made_by_the_qc_module(tmp_path):
     assert "<td class=\"t na\">n/a</td>" in section and "fewer than three echoes" in section
     assert "χ 1st–99th percentile range <code>chi_range_ppm</code></td><td>0.21 ppm</td>" in section
     assert "Phase units used: <b>rescale (auto-detected; raw range -2048 to 2047)</b>" in section
+
+
+def test_mask_growth_rule():
+    """Growth into the surface veins adds well under 1 % of the mask; above 5 % it has followed
+    something else, and QC says so."""
+    from qsmprep.qsm import qc
+
+    assert qc.rate("mask_growth_added_fraction", 0.004) == ("pass", "")
+    status, message = qc.rate("mask_growth_added_fraction", 0.08)
+    assert status == "warn" and "8.0 %" in message and "grow_mm" in message

@@ -160,6 +160,17 @@ def _deep_grey(chi, truth_dir, mask=None):
     return compare_roi_means(chi, chi_true, labels, chi != 0 if mask is None else mask, DEEP_GREY_LABELS)
 
 
+def _walk(obj):
+    """Every (key, value) of a nested JSON document."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+
+
 @pytest.fixture(scope="module")
 def reference_run(demo1):
     """The vendor-integer original (Siemens 0..4095), TKD: what every re-encoding must reproduce."""
@@ -202,6 +213,12 @@ def test_reference_run_records_units_everywhere_and_passes_qc(reference_run, dem
     assert 0.05 < m["mask_fraction_fov"]["Value"] < 0.9 and m["mask_fraction_fov"]["Status"] == "pass"
     assert m["phase_jump_fraction"]["Status"] == "pass" and m["chi_range_ppm"]["Status"] == "pass"
     assert 0.5 < m["field_residual_over_noise"]["Value"] and m["field_residual_over_noise"]["Status"] == "pass"
+    # the growth's QC metric is the sidecar's grown_voxels over the filled (reported) mask
+    grown = json.loads((anat / "sub-01_desc-brain_mask.json").read_text())
+    grown = next(v for k, v in _walk(grown) if k == "grown_voxels")
+    filled = int((np.asarray(nib.load(anat / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0).sum())
+    assert m["mask_growth_added_fraction"]["Value"] == pytest.approx(grown / filled, abs=1e-5)
+    assert m["mask_growth_added_fraction"]["Status"] == "pass"
     for entry in m.values():
         assert entry["Threshold"] and entry["Description"] and entry["Status"] in ("pass", "warn", "fail", "n/a")
 

@@ -26,6 +26,7 @@ QC_METRICS = {
     "partial_coverage": "Partial brain coverage",
     "mask_source": "Mask source",
     "mask_refinement_removed_fraction": "Removed by mask refinement",
+    "mask_growth_added_fraction": "Added by mask growth",
     "field_residual_over_noise": "Field residual / noise",
     "phase_jump_fraction": "Residual phase jumps",
     "chi_p01": "χ 1st percentile",

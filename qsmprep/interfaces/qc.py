@@ -79,6 +79,8 @@ class QCMetrics(SimpleInterface):
         removed = float((filled & ~tight).sum()) / max(1.0, float(filled.sum()))
         metrics["mask_refinement_removed_fraction"] = qc.metric("mask_refinement_removed_fraction",
                                                                 round(removed, 4))
+        added = float((tight & ~filled).sum()) / max(1.0, float(filled.sum()))
+        metrics["mask_growth_added_fraction"] = qc.metric("mask_growth_added_fraction", round(added, 5))
 
         mag4d = load(inp.magnitude)[0]
         if mag4d.ndim == 3:
