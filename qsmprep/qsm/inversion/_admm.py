@@ -54,6 +54,41 @@ def admm_options(lambda_, mu, mu_data, relax, max_iter, tol, newton_iter, data_t
             _check_positive("newton_iter", newton_iter, integer=True), _check_data_term(data_term, phase_scale))
 
 
+class Splits:
+    """The gradient split ``z = ∇χ`` (``u``) and the data split ``v = model`` (``u_v``) of a
+    TV-type ADMM, and their update (:func:`admm_l1`'s; WH-QSM's with ``model = Dχ + φ``).
+
+    ``data_in`` holds ``v − u_v``, the next χ update's data input; ``z`` and ``u`` feed its
+    gradient input (:func:`._fused.periodic_divergence`).
+    """
+
+    def __init__(self, f, w2, *, thr, mu_d, phase_scale, newton_iter, gradient_weights, relax, voxel_size):
+        self.z = np.zeros((3,) + f.shape, dtype=np.float32)
+        self.u = np.zeros_like(self.z)
+        self.v = f.copy()
+        self.uv = np.zeros_like(f)
+        self.data_in = self.v - self.uv
+        self.f, self.w2, self.w2f = f, w2, w2 * f
+        self.thr, self.mu_d, self.newton_iter, self.relax = np.float32(thr), mu_d, newton_iter, relax
+        self.a = None if phase_scale is None else np.float32(phase_scale)
+        self.weights, self.vs = gradient_weights, voxel_size
+
+    def update(self, chi, model):
+        """``z``, ``u`` from ``∇χ`` and ``v``, ``u_v``, ``data_in`` from ``model``, in place."""
+        if self.weights is None:
+            shrink(chi, self.z, self.u, self.thr, self.vs, self.relax)  # z = shrink(∇χ + u), u += ∇χ − z
+        else:
+            shrink_weighted(chi, self.z, self.u, self.thr, self.weights, self.vs, self.relax)
+        if self.a is None:
+            data_split(model, self.w2f, self.w2, self.mu_d, self.v, self.uv, self.data_in, self.relax)
+        else:
+            # Newton where that voxel's cost is convex (cos > 0); elsewhere a step with the
+            # curvature's bound W² + μ_d, which always descends (W² cos + μ_d can be ≤ 0
+            # where weights above 1 meet a field far from the data, and Newton diverges)
+            data_split_nonlinear(model, self.f, self.w2, self.mu_d, self.a, self.newton_iter, self.v, self.uv,
+                                 self.data_in, self.relax)
+
+
 def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newton_iter=4,
             gradient_weights=None, relax=1.0):
     """Run the ADMM (module docstring) on ``grid``; returns (χ on the padded grid, iterations).
@@ -68,22 +103,16 @@ def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newt
     inv_denom = (1.0 / denom).astype(np.float32)
     inv_denom[0, 0, 0] = 0.0
     del denom
-    z = np.zeros((3,) + grid.shape, dtype=np.float32)
-    u = np.zeros_like(z)
-    v = f.copy()
-    uv = np.zeros_like(f)
-    data_in = v - uv  # v − u_v, the χ update's data input
-    w2f = w2 * f
+    sp = Splits(f, w2, thr=lam / mu, mu_d=mu_d, phase_scale=phase_scale, newton_iter=newton_iter,
+                gradient_weights=gradient_weights, relax=relax, voxel_size=vs)
     mud_d = (np.float32(mu_d) * grid.d).astype(np.float32)
     chi = np.zeros_like(f)
     div = np.empty_like(f)
-    thr = np.float32(lam / mu)
-    a = None if phase_scale is None else np.float32(phase_scale)
     it = 0
     with num_threads(grid.workers):
         for it in range(1, max_iter + 1):
-            xk = grid.fft(periodic_divergence(z, u, mu, vs, out=div))
-            kd = grid.fft(data_in)
+            xk = grid.fft(periodic_divergence(sp.z, sp.u, mu, vs, out=div))
+            kd = grid.fft(sp.data_in)
             kspace_step(xk, kd, mud_d, inv_denom, grid.d)  # xk = X (the new χ), kd = D X
             chi_new = grid.ifft(xk)
             dchi = grid.ifft(kd)
@@ -91,17 +120,7 @@ def admm_l1(grid, f, w2, *, lam, mu, mu_d, max_iter, tol, phase_scale=None, newt
             diff, size = change_norms(chi_new, chi)
             change = np.sqrt(diff) / max(np.sqrt(size), 1e-30)
             chi = chi_new
-            if gradient_weights is None:
-                shrink(chi, z, u, thr, vs, relax)  # z = shrink(∇χ + u), u = u + ∇χ − z
-            else:
-                shrink_weighted(chi, z, u, thr, gradient_weights, vs, relax)
-            if a is None:
-                data_split(dchi, w2f, w2, mu_d, v, uv, data_in, relax)
-            else:
-                # Newton where that voxel's cost is convex (cos > 0); elsewhere a step with the
-                # curvature's bound W² + μ_d, which always descends (W² cos + μ_d can be ≤ 0
-                # where weights above 1 meet a field far from the data, and Newton diverges)
-                data_split_nonlinear(dchi, f, w2, mu_d, a, newton_iter, v, uv, data_in, relax)
+            sp.update(chi, dchi)
             del dchi
             if it > 1 and change < tol:
                 break

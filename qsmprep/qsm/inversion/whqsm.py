@@ -5,17 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from qsmprep.qsm._numba import num_threads
-from qsmprep.qsm.inversion._admm import admm_options
-from qsmprep.qsm.inversion._fused import (
-    change_norms,
-    data_split,
-    data_split_nonlinear,
-    harmonic_split,
-    periodic_divergence,
-    shrink,
-    shrink_weighted,
-    wh_kspace_step,
-)
+from qsmprep.qsm.inversion._admm import Splits, admm_options
+from qsmprep.qsm.inversion._fused import change_norms, harmonic_split, periodic_divergence, wh_kspace_step
 from qsmprep.qsm.inversion._operators import _check_inputs, _check_positive, _gradient_reg, _weighted_data
 
 
@@ -38,8 +29,9 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
     the two compare, where FANSI's ``WH_nlTV`` shrinks each component apart), where
     ``Λ = ∇ᵀ∇`` is the discrete Laplacian (periodic differences with the voxel size in mm,
     so ``β`` is in mm⁴; at 1 mm it is FANSI's unit-spacing Laplacian) and ``M`` the mask:
-    ``φ`` may have sources only outside the mask, where it is free.  ADMM with FANSI's splittings ``z = ∇χ`` (weight ``μ``),
-    ``v = Dχ + φ`` (``μ_d``) and ``z_h = Λφ`` (``μ_h``).  Unlike FANSI, which updates χ and
+    ``φ`` may have sources only outside the mask, where it is free.  ADMM with FANSI's
+    splittings ``z = ∇χ`` (weight ``μ``), ``v = Dχ + φ`` (``μ_d``) and ``z_h = Λφ`` (``μ_h``;
+    the first two are :class:`._admm.Splits`, shared with :func:`tv`).  Unlike FANSI, which updates χ and
     φ one after the other, χ and φ form one ADMM block here and are solved together in
     closed form in k-space (a 2 × 2 system per frequency, :func:`._fused.wh_kspace_step`),
     so the iteration is a two-block ADMM and costs three FFT pairs:
@@ -117,7 +109,6 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
         from qsmprep.qsm.inversion.medi import edge_mask
 
         edges = edge_mask(grid.put(magnitude), grid.mask, vs, edge_fraction=edge_fraction)
-    w2 = w * w
     d = grid.d
     lap = _gradient_reg(grid)  # Λ's symbol: Σ|E_i|², real and ≥ 0
     a11 = np.float32(mu) * lap + np.float32(mu_d) * d * d
@@ -132,22 +123,17 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
     del a11, a12, a22, det
     keep = (np.float32(mu_h) / (np.float32(mu_h) + np.float32(beta) * grid.mask)).astype(np.float32)
 
-    z = np.zeros((3,) + grid.shape, dtype=np.float32)
-    u = np.zeros_like(z)
-    v = f.copy()
-    uv = np.zeros_like(f)
+    sp = Splits(f, w * w, thr=lam / mu, mu_d=mu_d, phase_scale=a, newton_iter=newton_iter, gradient_weights=edges,
+                relax=relax, voxel_size=vs)
     sh = np.zeros_like(f)
-    data_in = v - uv       # v − u_v
     harm_in = np.zeros_like(f)  # z_h − s_h
-    w2f = w2 * f
     chi = np.zeros_like(f)
     div = np.empty_like(f)
-    thr = np.float32(lam / mu)
     it = 0
     with num_threads(grid.workers):
         for it in range(1, max_iter + 1):
-            xk = grid.fft(periodic_divergence(z, u, mu, vs, out=div))
-            kb = grid.fft(data_in)
+            xk = grid.fft(periodic_divergence(sp.z, sp.u, mu, vs, out=div))
+            kb = grid.fft(sp.data_in)
             kc = grid.fft(harm_in)
             wh_kspace_step(xk, kb, kc, p11, p12, p22, d, lap, mu_d, mu_h)
             chi_new = grid.ifft(xk)
@@ -157,14 +143,7 @@ def whqsm(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, 
             diff, size = change_norms(chi_new, chi)
             change = np.sqrt(diff) / max(np.sqrt(size), 1e-30)
             chi = chi_new
-            if edges is None:
-                shrink(chi, z, u, thr, vs, relax)
-            else:
-                shrink_weighted(chi, z, u, thr, edges, vs, relax)
-            if a is None:
-                data_split(field_model, w2f, w2, mu_d, v, uv, data_in, relax)
-            else:
-                data_split_nonlinear(field_model, f, w2, mu_d, a, newton_iter, v, uv, data_in, relax)
+            sp.update(chi, field_model)
             harmonic_split(lphi, sh, keep, harm_in, relax)
             del lphi
             if it > 1 and change < tol:
