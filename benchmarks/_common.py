@@ -93,3 +93,20 @@ def header(pair, shape, workers):
     return (f"one FFT pair of the padded inversion grid {shape} with {workers} worker(s): {pair:.4f} s "
             f"(forked stages' ratios use a pair timed around each)\n"
             f"{'stage':<24s} {'seconds':>10s} {'fft_pairs':>14s}  {'peak':>8s}")
+
+
+def method_spec(spec):
+    """``METHOD[:KEY=VALUE...]`` (e.g. ``medi:solver=admm``) as ``(method, options)``.
+
+    Values are JSON where they parse (numbers, true/false), else strings.
+    """
+    import json
+
+    def value(text):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    method, *pairs = spec.split(":")
+    return method, {k: value(v) for k, v in (p.split("=", 1) for p in pairs)}

@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_accuracy.py [--resolution 1] [--protocols siemens3t,ge3t,philips3t,oblique3t]
                                         [--demo/--no-demo] [--config preset.json] [--nprocs 2]
-                                        [--keep DIR [--reuse]] [--r2-map]
+                                        [--keep DIR [--reuse]] [--r2-map] [--oracle METHODS]
 
 Families: the demo phantom (``qsmprep.demo``, full size, 1 mm; its labels mapped onto QSM-CI's)
 and the MNI ICBM152 head (``benchmarks/phantom_mni.py``), one row per protocol. Each dataset goes
@@ -24,6 +24,15 @@ second table scores χ⁺ and |χ⁻| against each family's χ-separation truth 
 ``kind="chisep"`` metrics (NRMSE, XSIM, deep-grey NRMSE and linearity, the calcification's
 leak into χ⁺, the iron's into χ⁻), plus the deep-grey mean |error| of each source; ``--r2-map``
 gives the run the family's true R2 map (``--r2-dir truth/r2``) instead of the GRE-only R2′.
+
+``--oracle medi,tv,...`` runs no pipeline: each inversion (``METHOD[:KEY=VALUE...]``, its
+defaults otherwise) is given the ideal local field, the field of the true χ inside the true
+brain mask (:func:`qsmprep.demo.physics.dipole_field`, on the output grid, noiseless), that
+mask, and the echoes' RSS magnitude for its weights and edges, and scored as above. The local
+field is what a perfect unwrapping, fit, mask and background removal would hand over, made with
+the inversions' own dipole model on their own grid (an inverse crime), so these scores are the
+most an inversion can reach on a family: a pipeline bar above them is out of reach of every
+pipeline that ends in that inversion.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import phantom_mni  # noqa: E402
+from _common import method_spec  # noqa: E402
 
 COLUMNS = ("nrmse", "nrmse_detrend", "xsim", "hfen", "dgm_linearity", "dgm_mae_ppm", "calc_moment_rel",
            "nrmse_blood", "coverage", "haemorrhage_ppm", "seconds")
@@ -108,6 +118,65 @@ def _run(bids, out, work, nprocs, config, r2_dir=None):
     return time.perf_counter() - t
 
 
+def _echoes(bids):
+    """The first GRE's echo times (s), field strength (T), RSS magnitude and the phase image's affine."""
+    anat = bids / "sub-01" / "anat"
+    echoes = sorted(anat.glob("sub-01_echo-*_part-phase_MEGRE.nii.gz")) or sorted(
+        anat.glob("sub-01_echo-*_part-real_MEGRE.nii.gz"))
+    if not echoes:
+        raise SystemExit(f"no part-phase or part-real MEGRE echoes in {anat}")
+    tes, mags = [], []
+    for img_path in echoes:
+        side = json.loads(img_path.with_name(img_path.name.replace(".nii.gz", ".json")).read_text())
+        tes.append(side["EchoTime"])
+        b0 = side["MagneticFieldStrength"]
+        part = "phase" if "part-phase" in img_path.name else "real"
+        mag = img_path.with_name(img_path.name.replace(f"part-{part}", "part-mag"))
+        if mag.exists():
+            mags.append(_read(mag))
+        else:
+            mags.append(np.abs(_read(img_path) + 1j * _read(img_path.with_name(img_path.name.replace(
+                "part-real", "part-imag")))).astype(np.float32))
+    rss = np.sqrt(np.sum(np.square(mags), axis=0)).astype(np.float32)
+    return tes, b0, rss, nib.load(echoes[0]).affine
+
+
+def oracle(case, specs, seg, workers):
+    """Each inversion's scores on the ideal local field of ``case`` (module docstring): ``[(spec, metrics)]``."""
+    from qsmprep.demo.physics import dipole_field
+    from qsmprep.qsm.echoes import phase_per_ppm
+    from qsmprep.qsm.inversion import invert, uses_phase_scale
+    from qsmprep.qsm.kernels import b0_direction
+
+    truth = case / "truth" / "sub-01"
+    chi_true = _read(truth / "sub-01_Chimap.nii.gz")
+    mask = _read(truth / "sub-01_desc-brain_mask.nii.gz") > 0
+    tes, b0, magnitude, affine = _echoes(case / "bids")
+    vs = tuple(float(v) for v in nib.affines.voxel_sizes(affine))
+    b0_dir = b0_direction(affine)
+    field = dipole_field(chi_true * mask, vs, b0_dir) * mask
+    rows = []
+    for spec in specs:
+        method, extra = method_spec(spec)
+        if uses_phase_scale(method, extra):
+            extra["phase_scale"] = phase_per_ppm(tes, b0)
+        t = time.perf_counter()
+        chi, _ = invert(field, mask, vs, b0_dir, method=method, magnitude=magnitude, workers=workers, **extra)
+        m = score(chi * mask, chi_true, mask.astype(np.float32), seg)
+        m["seconds"] = time.perf_counter() - t
+        rows.append((spec, m))
+    return rows
+
+
+def _print_table(rows, first="case"):
+    print(f"| {first} | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for name, m in rows:
+        cells = [m[c] if isinstance(m[c], str) else f"{m[c]:.3f}" if abs(m[c]) < 10 else f"{m[c]:.1f}"
+                 for c in COLUMNS]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--resolution", type=float, default=1.0, help="MNI family output voxel size (mm)")
@@ -120,6 +189,8 @@ def main(argv=None):
     p.add_argument("--reuse", action="store_true", help="with --keep: reuse datasets already there")
     p.add_argument("--r2-map", action="store_true",
                    help="with a chisep preset: give the runs the true R2 maps (--r2-dir truth/r2)")
+    p.add_argument("--oracle", metavar="METHODS",
+                   help="score these inversions on each case's ideal local field instead of running the pipeline")
     p.add_argument("--rescore", action="store_true",
                    help="with --keep: score the runs already there instead of running again")
     a = p.parse_args(argv)
@@ -137,18 +208,23 @@ def main(argv=None):
                 write_demo_dataset(case, size="full", n_subjects=1, overwrite=True)
             else:
                 phantom_mni.write_mni_dataset(case, resolution=a.resolution, protocol=prot, workers=a.nprocs)
-        tag = (Path(a.config).stem if a.config else "default") + ("-r2map" if a.r2_map else "")
-        if a.rescore and (case / f"scores-{tag}.json").exists():
-            secs = json.loads((case / f"scores-{tag}.json").read_text())["seconds"]
-        else:
-            secs = _run(case / "bids", case / f"out-{tag}", case / f"work-{tag}", a.nprocs, a.config,
-                        r2_dir=case / "truth" / "r2" if a.r2_map else None)
         truth = case / "truth" / "sub-01"
         seg = _read(truth / "sub-01_dseg.nii.gz", np.int32)
         if family == "demo":
             from qsmprep.demo import qsmci_segmentation
 
             seg = qsmci_segmentation(seg)
+        if a.oracle:
+            got = oracle(case, [x for x in a.oracle.split(",") if x], seg, a.nprocs)
+            (case / "scores-oracle.json").write_text(json.dumps(dict(got), indent=2, default=str) + "\n")
+            rows += [(f"{name}, {spec}", m) for spec, m in got]
+            continue
+        tag = (Path(a.config).stem if a.config else "default") + ("-r2map" if a.r2_map else "")
+        if a.rescore and (case / f"scores-{tag}.json").exists():
+            secs = json.loads((case / f"scores-{tag}.json").read_text())["seconds"]
+        else:
+            secs = _run(case / "bids", case / f"out-{tag}", case / f"work-{tag}", a.nprocs, a.config,
+                        r2_dir=case / "truth" / "r2" if a.r2_map else None)
         chi = _read(case / f"out-{tag}" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
         m = score(chi, _read(truth / "sub-01_Chimap.nii.gz"), _read(truth / "sub-01_desc-brain_mask.nii.gz"), seg)
         m["seconds"] = secs
@@ -157,13 +233,12 @@ def main(argv=None):
             m["chisep"] = score_chisep(out_anat, truth, _read(truth / "sub-01_desc-brain_mask.nii.gz"), seg)
         rows.append((name, m))
         (case / f"scores-{tag}.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
+    if a.oracle:
+        print(f"ideal local field, true brain mask (--oracle); folder {root}")
+        _print_table(rows, "case, inversion")
+        return
     print(f"preset: {a.config or 'default'}; folder {root}")
-    print("| case | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
-    for name, m in rows:
-        cells = [m[c] if isinstance(m[c], str) else f"{m[c]:.3f}" if abs(m[c]) < 10 else f"{m[c]:.1f}"
-                 for c in COLUMNS]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    _print_table(rows)
     sep = [(name, m["chisep"]) for name, m in rows if "chisep" in m]
     if sep:
         print("\nchi-separation (QSM-CI kind=chisep; dia scored as |chi-|):")

@@ -28,17 +28,7 @@ import argparse
 import numpy as np
 from scipy import ndimage as ndi
 
-from _common import fft_pair_seconds, header, in_child, inversion_grid, row
-
-
-def _value(text):
-    """A ``KEY=VALUE`` option's value: JSON (numbers, true/false) where it parses, else the string."""
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+from _common import fft_pair_seconds, header, in_child, inversion_grid, method_spec, row
 
 
 def main(argv=None):
@@ -101,9 +91,7 @@ def main(argv=None):
     from qsmprep.qsm.echoes import phase_per_ppm
 
     for spec in filter(None, opts.inversion.split(",")):
-        # METHOD[:KEY=VALUE...], e.g. medi:solver=admm (values as JSON where they parse, else strings)
-        method, *pairs = spec.split(":")
-        extra = {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
+        method, extra = method_spec(spec)
         if uses_phase_scale(method, extra):  # the nonlinear data term: the phase of 1 ppm over the echo spacing
             extra["phase_scale"] = phase_per_ppm(ph.tes, ph.b0)  # (as the pipeline)
 

@@ -109,6 +109,13 @@ def test_datasets_store_each_vendor_encoding(tmp_path, protocol, parts, monkeypa
                                                  "sub-01_desc-paramagnetic_Chimap.nii.gz",
                                                  "sub-01_desc-diamagnetic_Chimap.nii.gz", "sub-01_R2map.nii.gz"}
     assert (tmp_path / "truth" / "r2" / "sub-01" / "anat" / "sub-01_R2map.nii.gz").is_file()
+    # bench_accuracy --oracle reads each encoding back: echo times, field strength, RSS magnitude
+    import bench_accuracy as A
+
+    tes, b0, rss, affine = A._echoes(tmp_path / "bids")
+    brain = np.asarray(nib.load(truth / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
+    assert tes == pytest.approx(P.PROTOCOLS[protocol].tes) and b0 == 3.0 and rss.shape == brain.shape
+    assert np.all(rss[brain] > 0) and np.allclose(affine, nib.load(truth / "sub-01_Chimap.nii.gz").affine)
 
 
 def test_ms_lesions_sit_in_their_tissue_with_the_intended_offsets():
@@ -158,3 +165,17 @@ def test_weak_harmonic_qsm_beats_tv_on_both_families(small, small_phantom):
             c = chi - chi[valid].mean()
             err[method] = np.linalg.norm((c - truth)[valid]) / np.linalg.norm(truth[valid])
         assert err["whqsm"] < 0.85 * err["tv"], (name, err)
+
+
+def test_oracle_scores_the_inversion_on_the_ideal_local_field(tmp_path, monkeypatch):
+    """bench_accuracy --oracle: the ideal local field is one the inversions invert (TV far beyond TKD on it)."""
+    import bench_accuracy as A
+
+    small = P.make_mni_phantom(3.0, protocol="ge3t", workers=1)
+    monkeypatch.setattr(P, "make_mni_phantom", lambda *a, **k: small)
+    P.write_mni_dataset(tmp_path, resolution=3.0, protocol="ge3t")
+    seg = np.asarray(nib.load(tmp_path / "truth" / "sub-01" / "sub-01_dseg.nii.gz").dataobj).astype(np.int32)
+    got = dict(A.oracle(tmp_path, ["tkd", "tv"], seg, 1))
+    assert got["tv"]["coverage"] == pytest.approx(1.0)
+    assert got["tv"]["nrmse"] < 0.6 * got["tkd"]["nrmse"]
+    assert got["tv"]["xsim"] > got["tkd"]["xsim"] + 0.1
