@@ -110,7 +110,8 @@ def test_stage_interfaces_chain_on_small_phantom(tmp_path, small_phantom, small_
                       method="romeo").run(cwd=tmp_path).outputs
     assert unw.info["UnwrappingMethod"] == "romeo" and _load(unw.quality)[0].shape == sig.shape[:3]
     fit = FitField(unwrapped=unw.unwrapped, magnitude=load.magnitude, echo_times=tes, b0=3.0).run(cwd=tmp_path).outputs
-    assert fit.info["EchoCombination"] == "linear"
+    assert fit.info["EchoCombination"] == "linear" and fit.info["FieldMisfitReferenceVoxels"] > 0
+    assert np.all(_load(fit.uncertainty)[0] >= _load(fit.noise)[0])    # the data weights' std: noise, misfit
     r2 = R2Star(magnitude=load.magnitude, echo_times=tes).run(cwd=tmp_path).outputs
     r2s = _load(r2.r2star)[0]
     wm = ph.labels == 6

@@ -376,6 +376,37 @@ def test_nonlinear_complex_fit_matches_truth_with_calibrated_noise():
     assert 0.7 < z.std() < 1.3
 
 
+@pytest.mark.parametrize("method", ["linear", "nonlinear"])
+def test_field_uncertainty_grows_only_where_the_phase_misfits(method):
+    """Voxels of two compartments (phase not linear in TE) get a larger standard error; voxels that follow
+    the model keep the noise's, even with half the grid air (random phase) around them."""
+    rng = np.random.default_rng(3)
+    tes, b0 = np.array([0.004, 0.0085, 0.013, 0.0175, 0.022, 0.0265]), 3.0
+    shape = (20, 20, 20)
+    field = rng.uniform(-0.1, 0.1, shape)
+    omega = 2 * np.pi * GAMMA * b0 * field
+    sig = 100 * np.exp(-25 * tes) * np.exp(1j * omega[..., None] * tes)
+    mixed = np.zeros(shape, bool)
+    mixed[:10, :10, 10:] = True          # a third of the tissue: a second compartment 0.3 ppm away
+    sig[mixed] = 0.6 * sig[mixed] + 0.4 * sig[mixed] * np.exp(1j * 2 * np.pi * GAMMA * b0 * 0.3 * tes)
+    air = np.zeros(shape, bool)
+    air[10:] = True
+    sig[air] = 0
+    sig = sig + 1.0 * (rng.standard_normal(sig.shape) + 1j * rng.standard_normal(sig.shape))
+    unwrapped = np.unwrap(np.angle(sig), axis=-1)
+    out = fit_field(unwrapped, np.abs(sig), tes, b0, method=method, phase_wrapped=np.angle(sig))
+    ratio = (out["uncertainty"] / out["noise"]) ** 2
+    clean = ~mixed & ~air
+    assert np.median(ratio[clean]) < 1.3 and np.mean(ratio[clean] > 4) < 0.02   # noise only: ~χ²₄/4, floored at 1
+    assert np.median(ratio[mixed & ~air]) > 10                                # the misfit raises the error
+    assert np.all(out["uncertainty"] >= out["noise"]) and out["misfit_reference_voxels"] == (~air).sum()  # not air
+    # a mask as the reference gives the same calibration; fewer than three echoes leave no residual
+    masked = fit_field(unwrapped, np.abs(sig), tes, b0, method=method, phase_wrapped=np.angle(sig), mask=~air)
+    assert np.median((masked["uncertainty"] / masked["noise"])[clean] ** 2) < 1.3
+    two = fit_field(unwrapped[..., :2], np.abs(sig)[..., :2], tes[:2], b0)
+    assert np.array_equal(two["uncertainty"], two["noise"]) and two["misfit_reference_voxels"] == 0
+
+
 def test_csf_reference_finds_ventricles(small_phantom, small_gre):
     from qsmprep.qsm.reference import csf_mask
 

@@ -22,6 +22,7 @@ class _FitFieldInputSpec(QSMInputSpec):
 class _FitFieldOutputSpec(TraitedSpec):
     field = File(exists=True, desc="total field (ppm)")
     noise = File(exists=True, desc="field noise standard deviation (ppm)")
+    uncertainty = File(exists=True, desc="field standard error with each voxel's model misfit (ppm): the data weights")
     offset = File(exists=True, desc="fitted phase offset (radians)")
     echo_fields = File(desc="4D per-echo field (ppm), method 'per-echo' only")
     info = traits.Dict(desc="method and parameters, for sidecars")
@@ -43,13 +44,18 @@ class FitField(SimpleInterface):
             unwrapped, mag, self.inputs.echo_times, self.inputs.b0, method=self.inputs.method,
             phase_wrapped=phase, mask=mask, **params,
         )
-        for key, name in (("field", "field.nii"), ("noise", "field_noise.nii"), ("offset", "offset.nii")):
+        for key, name in (("field", "field.nii"), ("noise", "field_noise.nii"), ("offset", "offset.nii"),
+                          ("uncertainty", "field_uncertainty.nii")):
             self._results[key] = save_like(out[key], img, name, runtime.cwd)
         if "echo_fields" in out:
             self._results["echo_fields"] = save_like(out["echo_fields"], img, "echo_fields.nii", runtime.cwd)
         self._results["info"] = jsonable(
             {"EchoCombination": self.inputs.method, "EchoCombinationParameters": params,
-             "EchoTime": list(self.inputs.echo_times), "MagneticFieldStrength": self.inputs.b0}
+             "EchoTime": list(self.inputs.echo_times), "MagneticFieldStrength": self.inputs.b0,
+             "FieldDataWeights": "1 / (noise std x sqrt(max(1, the voxel's reduced complex-fit residual / the "
+                                 "noise variance))): voxels whose phase does not follow the fit weigh less "
+                                 "(qsmprep.qsm.echoes.field_misfit)",
+             "FieldMisfitReferenceVoxels": out["misfit_reference_voxels"]}
         )
         return runtime
 

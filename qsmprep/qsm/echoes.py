@@ -195,11 +195,63 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     return omega.reshape(shape), wrap(phi0).reshape(shape), sd_omega.reshape(shape)
 
 
+def field_misfit(phase, mag, tes, omega, offset, *, mask=None, signal_fraction=0.2):
+    """How much more each voxel's signal departs from the fitted model than noise explains (≥ 1).
+
+    A voxel's residual is the complex one of :func:`fit_field_nonlinear`,
+    ``q = Σ_e 2|S_e|² (1 − cos(φ_e − φ0 − ω TE_e)) / (E − 2)``, whose expectation for a voxel
+    that follows ``φ0 + ω TE`` is the noise variance σ² of the complex data wherever the phase
+    is well defined, the same in every voxel.  σ² is the median of ``q`` over the reference
+    voxels divided by the median of χ²_(E−2)/(E−2) (as in :func:`fit_field_nonlinear`); the
+    reference voxels are those in ``mask`` when given, else those whose echo-RSS magnitude is
+    at least ``signal_fraction`` of its 99th percentile (tissue, not air, whose random phase
+    would raise it).  The ratio is
+    ``max(1, q / σ²)``; 1 for fewer than three echoes (no residual).
+
+    A ratio above 1 means the phase does not evolve linearly in TE: intravoxel dephasing where
+    the field varies within the voxel (veins, haemorrhage, air-tissue boundaries), flow, or a
+    wrong unwrapping.  The field's standard error there is the noise's times ``√ratio``, the
+    usual inflation of a least-squares error by its reduced χ² where the model misfits (the
+    Birge ratio; Birge, Phys Rev 1932;40:207).  Returns ``(ratio float32, reference voxels)``.
+    """
+    from scipy.stats import chi2
+
+    tes = np.asarray(tes, dtype=np.float64)
+    shape = np.shape(omega)
+    dof = tes.size - 2
+    if dof <= 0:
+        return np.ones(shape, np.float32), 0
+    p_all, m_all = _voxels_by_echo(phase), _voxels_by_echo(mag)
+    om, ph0 = np.asarray(omega, np.float32).reshape(-1), np.asarray(offset, np.float32).reshape(-1)
+    te32 = tes.astype(np.float32)
+    q = np.empty(om.size)
+    for sl in _blocks(om.size):  # 2|S|²(1 − cos δ) as 4|S|² sin²(δ/2): exact in float32 for small δ
+        half = np.sin(0.5 * (p_all[sl].astype(np.float32) - (ph0[sl, None] + om[sl, None] * te32)))
+        half *= m_all[sl]
+        q[sl] = 4.0 * np.einsum("ve,ve->v", half, half, dtype=np.float64) / dof
+    if mask is not None:
+        ref = np.asarray(mask, dtype=bool).reshape(-1)
+    else:
+        rss = np.sqrt(np.sum(np.square(m_all, dtype=np.float64), axis=-1))
+        ref = rss >= signal_fraction * np.percentile(rss, 99)
+    ref &= np.isfinite(q)
+    if not ref.any():
+        return np.ones(shape, np.float32), 0
+    sigma2 = float(np.median(q[ref])) / (chi2.median(dof) / dof)
+    if sigma2 <= 0:
+        return np.ones(shape, np.float32), int(ref.sum())
+    ratio = np.where(np.isfinite(q), np.maximum(q / sigma2, 1.0), 1.0)
+    return ratio.reshape(shape).astype(np.float32), int(ref.sum())
+
+
 def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=None, mask=None,
               intercept=True, **params):
     """Combine echoes into a field map; see the module functions for each method.
 
-    Returns a dict with ``field`` (ppm), ``noise`` (ppm std), ``offset`` (rad) and, for
+    Returns a dict with ``field`` (ppm), ``noise`` (ppm std of the fit from the noise alone),
+    ``uncertainty`` (ppm: ``noise`` × √ of :func:`field_misfit`'s ratio, the field's standard
+    error where the signal does not follow the model; what background removal and dipole
+    inversion weight the field by), ``misfit_reference_voxels``, ``offset`` (rad) and, for
     ``per-echo``, ``echo_fields`` (ppm per echo, the offset removed).
     """
     tes = np.asarray(tes, dtype=np.float64)
@@ -207,15 +259,19 @@ def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=N
         raise ValueError(f"unknown echo combination method {method!r}; use linear, nonlinear or per-echo")
     phase_unwrapped = np.asarray(phase_unwrapped)
     slope, offset, noise = fit_field_linear(phase_unwrapped, mag, tes, b0, intercept=intercept)
+    wrapped = phase_unwrapped if phase_wrapped is None else phase_wrapped
     if method == "nonlinear":
         if tes.size < 2:
             raise ValueError("the nonlinear fit needs at least two echoes")
-        wrapped = phase_unwrapped if phase_wrapped is None else phase_wrapped
         slope, offset, noise = fit_field_nonlinear(wrapped, mag, tes, init_slope=slope, init_offset=offset,
                                                    **params)
+    ratio, n_ref = field_misfit(wrapped, mag, tes, slope, offset, mask=mask)
+    noise_ppm = rad_per_s_to_ppm(noise, b0).astype(np.float32)
     out = {
         "field": rad_per_s_to_ppm(slope, b0).astype(np.float32),
-        "noise": rad_per_s_to_ppm(noise, b0).astype(np.float32),
+        "noise": noise_ppm,
+        "uncertainty": noise_ppm * np.sqrt(ratio),
+        "misfit_reference_voxels": n_ref,
         "offset": offset.astype(np.float32),
     }
     if method == "per-echo":

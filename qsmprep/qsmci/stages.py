@@ -68,7 +68,10 @@ def _average(magnitude):
 
 
 def field_mapping(phase, magnitude, mask, tes, b0, voxel_size, stages, workers=None):
-    """Total field (ppm) from the wrapped multi-echo phase; returns (field, noise, quality, info)."""
+    """Total field (ppm) from the wrapped multi-echo phase; returns (field, noise, uncertainty, quality, info).
+
+    ``noise`` is the fit's noise std (what the mask's refinement reads), ``uncertainty`` the same
+    with each voxel's misfit (:func:`qsmprep.qsm.echoes.field_misfit`; the data weights)."""
     from qsmprep.qsm.echoes import fit_field
     from qsmprep.qsm.unwrap import unwrap_echoes
 
@@ -84,8 +87,9 @@ def field_mapping(phase, magnitude, mask, tes, b0, voxel_size, stages, workers=N
                                  workers=workers, **unwrap_params)
     fit = fit_field(unwrapped, mag, tes, b0, method=comb_method, phase_wrapped=phase, mask=mask, **comb_params)
     info = {"PhaseUnwrapping": unwrap_method, "PhaseUnwrappingParameters": unwrap_params,
-            "EchoCombination": comb_method, "EchoCombinationParameters": comb_params}
-    return fit["field"] * mask, fit["noise"], quality, info
+            "EchoCombination": comb_method, "EchoCombinationParameters": comb_params,
+            "FieldMisfitReferenceVoxels": fit["misfit_reference_voxels"]}
+    return fit["field"] * mask, fit["noise"], fit["uncertainty"], quality, info
 
 
 def refine(mask, magnitude, quality, noise, voxel_size, stages):
@@ -170,10 +174,10 @@ def run_stage(stage, input_dir, output_dir, *, method=None, params=None, preset=
     acq = data["params"]
     mask, vs, b0_dir, tes = data["mask"], acq["voxel_size"], acq["B0_dir"], acq["TE"]
     info = {}
-    noise = None
+    noise = weights_sd = None
     if stage in ("field-mapping", "end-to-end"):
-        field, noise, quality, fit_info = field_mapping(data["phase"], data["magnitude"], mask, tes, acq["B0"], vs,
-                                                        stages, workers)
+        field, noise, weights_sd, quality, fit_info = field_mapping(data["phase"], data["magnitude"], mask, tes,
+                                                                    acq["B0"], vs, stages, workers)
         info.update(fit_info)
         if stage == "end-to-end":
             mask, mask_info = refine(mask, data["magnitude"], quality, noise, vs, stages)
@@ -186,7 +190,7 @@ def run_stage(stage, input_dir, output_dir, *, method=None, params=None, preset=
         if stage == "dipole":
             local, valid = data["localfield"] * mask, mask
         else:
-            local, valid, bg_info = background(field, mask, vs, b0_dir, stages, noise=noise, workers=workers)
+            local, valid, bg_info = background(field, mask, vs, b0_dir, stages, noise=weights_sd, workers=workers)
             info.update(bg_info)
         if stage == "bfr":
             out, artifact = local, "localfield"
@@ -195,7 +199,7 @@ def run_stage(stage, input_dir, output_dir, *, method=None, params=None, preset=
 
             scale = phase_per_ppm(tes, acq["B0"]) if stage == "end-to-end" else None
             out, inv_info = dipole(local, valid, vs, b0_dir, stages, magnitude=data.get("magnitude"), tes=tes,
-                                   noise=noise, pad=pad, workers=workers, phase_scale=scale)
+                                   noise=weights_sd, pad=pad, workers=workers, phase_scale=scale)
             info.update(inv_info)
             artifact = "chimap"
     sidecar = {

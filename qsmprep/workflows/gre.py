@@ -187,12 +187,14 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         (load, fit, [("phase", "phase")]),
         (unwrap, fit, [("unwrapped", "unwrapped")]),
         (average, mask, [("average", "magnitude")]),
-        (fit, background, [(field_out, "field"), ("noise", "noise")]),
+        # the data weights: the noise with each voxel's misfit (echoes.field_misfit); the mask's
+        # refinement below reads the noise alone
+        (fit, background, [(field_out, "field"), ("uncertainty", "noise")]),
         (load, background, [("b0_dir", "b0_dir")]),
         (mask, background, [("mask", "mask")]),
         (background, inversion, [("local_field", "local_field"), ("mask", "mask")]),
         (average, inversion, [("average", "magnitude")]),
-        (fit, inversion, [("noise", "noise")]),
+        (fit, inversion, [("uncertainty", "noise")]),
         (load, inversion, [("b0_dir", "b0_dir")]),
         (inversion, reference, [("chi", "chi")]),
         (background, reference, [("mask", "mask")]),
@@ -262,7 +264,7 @@ def _connect_chisep(workflow, params, *, b0, pad_voxels, omp_nthreads, mem_gb, r
     workflow.connect([
         (nodes["background"], sep, [("local_field", "local_field"), ("mask", "mask")]),
         (nodes["average"], sep, [("average", "magnitude")]),
-        (nodes["fit"], sep, [("noise", "noise")]),
+        (nodes["fit"], sep, [("uncertainty", "noise")]),
         (nodes["load"], sep, [("b0_dir", "b0_dir")]),
         (nodes["inversion"], sep, [("chi", "chi")]),
         (nodes["r2star"], sep, [("r2star", "r2star")]),
