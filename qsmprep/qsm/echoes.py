@@ -224,15 +224,16 @@ def field_misfit(phase, mag, tes, omega, offset, *, mask=None, signal_fraction=0
     p_all, m_all = _voxels_by_echo(phase), _voxels_by_echo(mag)
     om, ph0 = np.asarray(omega, np.float32).reshape(-1), np.asarray(offset, np.float32).reshape(-1)
     te32 = tes.astype(np.float32)
-    q = np.empty(om.size)
+    q, rss = np.empty(om.size), np.empty(om.size)
     for sl in _blocks(om.size):  # 2|S|²(1 − cos δ) as 4|S|² sin²(δ/2): exact in float32 for small δ
+        m = m_all[sl].astype(np.float32)
+        rss[sl] = np.sqrt(np.einsum("ve,ve->v", m, m, dtype=np.float64))
         half = np.sin(0.5 * (p_all[sl].astype(np.float32) - (ph0[sl, None] + om[sl, None] * te32)))
-        half *= m_all[sl]
+        half *= m
         q[sl] = 4.0 * np.einsum("ve,ve->v", half, half, dtype=np.float64) / dof
     if mask is not None:
         ref = np.asarray(mask, dtype=bool).reshape(-1)
     else:
-        rss = np.sqrt(np.sum(np.square(m_all, dtype=np.float64), axis=-1))
         ref = rss >= signal_fraction * np.percentile(rss, 99)
     ref &= np.isfinite(q)
     if not ref.any():
