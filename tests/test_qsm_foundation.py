@@ -387,7 +387,7 @@ def test_field_uncertainty_grows_only_where_the_phase_misfits(method):
     omega = 2 * np.pi * GAMMA * b0 * field
     sig = 100 * np.exp(-25 * tes) * np.exp(1j * omega[..., None] * tes)
     mixed = np.zeros(shape, bool)
-    mixed[:10, :10, 10:] = True          # a third of the tissue: a second compartment 0.3 ppm away
+    mixed[:10, :10, 10:] = True          # a quarter of the tissue: a second compartment 0.3 ppm away
     sig[mixed] = 0.6 * sig[mixed] + 0.4 * sig[mixed] * np.exp(1j * 2 * np.pi * GAMMA * b0 * 0.3 * tes)
     air = np.zeros(shape, bool)
     air[10:] = True
