@@ -137,8 +137,9 @@ def _echoes(bids):
         else:
             mags.append(np.abs(_read(img_path) + 1j * _read(img_path.with_name(img_path.name.replace(
                 "part-real", "part-imag")))).astype(np.float32))
-    rss = np.sqrt(np.sum(np.square(mags), axis=0)).astype(np.float32)
-    return tes, b0, rss, nib.load(echoes[0]).affine
+    from qsmprep.qsm.echoes import echo_average
+
+    return tes, b0, echo_average(np.stack(mags, axis=-1)), nib.load(echoes[0]).affine
 
 
 def oracle(case, specs, seg, workers):
