@@ -307,12 +307,71 @@ def test_discrepancy_principle_and_lcurve_choose_lambda(small_phantom):
     noise = np.full(field.shape, sigma, np.float32)
     _, info = inv.invert(field, ph.brain_mask, ph.voxel_size, ph.b0_dir, method="tikhonov", noise=noise,
                          lambda_rule="discrepancy")
-    assert info["lambda_rule"] == "discrepancy"
+    assert info["lambda_rule"] == "discrepancy" and info["lambda_rule_attained"] is True
     final = [h for h in info["lambda_search"] if h["lambda"] == info["lambda"]][0]
     assert final["residual_variance"] == pytest.approx(1.0, abs=0.1)  # ‖(Dχ − f)/σ‖²/N = 1
+    assert "lambda_rule_fallback" not in info
+    # a background left in the field (a gradient of 0.05 ppm across the head, which no χ inside
+    # the mask explains) keeps the residual far above the noise at every λ: the rule says so and
+    # keeps the fixed λ instead of running λ down to nothing
+    x = np.linspace(-0.025, 0.025, field.shape[0], dtype=np.float32)[:, None, None]
+    chi_fb, info = inv.invert(np.where(ph.brain_mask, field + x, 0), ph.brain_mask, ph.voxel_size, ph.b0_dir,
+                              method="tikhonov", noise=noise, lambda_rule="discrepancy")
+    rvs = [h["residual_variance"] for h in info["lambda_search"]]
+    assert info["lambda_rule_attained"] is False and min(rvs) > 2, rvs
+    assert info["lambda"] == inv.default_parameters("tikhonov")["lambda_"]
+    assert "the noise map does not describe the residual" in info["lambda_rule_fallback"]
+    fixed, _ = inv.invert(np.where(ph.brain_mask, field + x, 0), ph.brain_mask, ph.voxel_size, ph.b0_dir,
+                          method="tikhonov")
+    np.testing.assert_allclose(chi_fb, fixed, atol=1e-6)
     _, info = inv.invert(field, ph.brain_mask, ph.voxel_size, ph.b0_dir, method="tikhonov", lambda_rule="lcurve")
     lams = [h["lambda"] for h in info["lambda_search"]]
     assert len(lams) == 9 and min(lams) < info["lambda"] < max(lams)
+
+
+def test_discrepancy_residual_includes_what_tv_puts_outside_the_mask(small_phantom):
+    """TV (like MEDI) solves for χ on the whole padded grid with no data weight outside the mask,
+    so the field of a source outside the mask that background removal left is fitted from there:
+    the λ rules' residual counts that χ, and the discrepancy principle reaches the noise."""
+    from qsmprep.demo.physics import dipole_field
+
+    ph = small_phantom
+    m = ph.brain_mask
+    rng = np.random.default_rng(3)
+    sigma = 0.002
+    outside = np.zeros(m.shape, np.float32)
+    c = np.argwhere(m).max(axis=0)
+    outside[c[0] + 1:c[0] + 4, 30:40, 20:30] = 2.0      # a source just outside the mask
+    field = ph.local_field + dipole_field(outside, ph.voxel_size, ph.b0_dir)
+    field = np.where(m, field + rng.normal(0, sigma, m.shape), 0).astype(np.float32)
+    _, info = inv.invert(field, m, ph.voxel_size, ph.b0_dir, method="tv", noise=np.full(m.shape, sigma, np.float32),
+                         lambda_rule="discrepancy")
+    final = [h for h in info["lambda_search"] if h["lambda"] == info["lambda"]][0]
+    assert info["lambda_rule_attained"] is True and final["residual_variance"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_discrepancy_search_stops_where_the_noise_level_is_out_of_reach():
+    """_discrepancy on model curves of the residual variance against λ: it finds 1 where the
+    curve crosses it (also one that starts flat, far above λ's active range), and gives up
+    early, returning λ0's χ, where the curve flattens out above or below 1."""
+    from qsmprep.qsm.inversion.regularization import _discrepancy, _discrepancy_fallback
+
+    def run(curve, lam0=1.0):
+        calls = []
+        lam, chi, history, attained = _discrepancy(lambda lam: (calls.append(lam) or lam, curve(lam)), lam0)
+        return lam, chi, history, attained, calls
+
+    crossing = lambda lam: 0.2 + 40.0 * lam / (lam + 1e-3)  # noqa: E731  rv = 1 at λ ≈ 2e-5
+    lam, chi, history, attained, _ = run(crossing)
+    assert attained and abs(crossing(lam) - 1.0) <= 0.05 and chi == lam
+    late = lambda lam: 0.2 + 40.0 * lam ** 2 / (lam ** 2 + 1e-8)  # noqa: E731  flat for λ > 1e-3
+    lam, _, _, attained, _ = run(late, lam0=10.0)
+    assert attained and 0.8 < late(lam) < 1.25  # bracketed; 10 evaluations leave 5 to bisect
+    for floor in (23.6, 0.04):  # a misfit the noise does not explain; a noise map far too large
+        flat = lambda lam: floor * (1.0 + 0.4 * lam / (lam + 1e-3))  # noqa: E731
+        lam, chi, history, attained, calls = run(flat, lam0=5e-4)
+        assert not attained and lam == 5e-4 and chi == 5e-4 and len(calls) <= 5, history
+        assert ("above" if floor > 1 else "below") in _discrepancy_fallback(history, 5e-4)
 
 
 def test_per_echo_inversion_averages(small_phantom):

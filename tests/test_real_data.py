@@ -456,6 +456,10 @@ def test_qc_flags_a_flat_chi_map_and_a_misregistration(small_gre, small_phantom)
     nmi_off, better = qc.registration_similarity(avg, np.roll(avg, 2, axis=1), head, (3, 3, 3))
     assert better == "-3 mm along axis j" and nmi_off < nmi
     assert qc.metric("registration_similarity", nmi_off, better_shift=better)["Status"] == "warn"
+    # a discrepancy search that fell back to the fixed λ warns; a rule that worked passes; no λ: n/a
+    assert qc.metric("lambda_rule", "discrepancy", fallback="the residual stays ...")["Status"] == "warn"
+    assert qc.metric("lambda_rule", "discrepancy")["Status"] == "pass"
+    assert qc.metric("lambda_rule", None, why="no regularisation weight")["Status"] == "n/a"
     # summarise: the worst status wins and every warning is listed with its metric
     report = qc.summarise({"a": qc.metric("mask_fraction_fov", 0.5), "b": qc.metric("mask_fraction_fov", 0.02),
                            "c": qc.metric("phase_jump_fraction", 0.2)})

@@ -108,6 +108,10 @@ class QCMetrics(SimpleInterface):
         metrics["chi_p99"] = qc.metric("chi_p99", _rounded(p99, 5), why="empty mask")
         metrics["chi_range_ppm"] = qc.metric("chi_range_ppm", _rounded(None if p01 is None else p99 - p01, 5),
                                              why="empty mask")
+        inv_params = dict(inp.chi_info).get("DipoleInversionParameters") or {}
+        metrics["lambda_rule"] = qc.metric("lambda_rule", inv_params.get("lambda_rule"),
+                                           fallback=inv_params.get("lambda_rule_fallback"),
+                                           why="no regularisation weight")
         offset = dict(inp.chi_info).get("ReferenceOffset")
         metrics["reference_offset_ppm"] = qc.metric(
             "reference_offset_ppm", _rounded(offset, 5), why="no reference")

@@ -116,10 +116,12 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
     ``lambda_range`` either side of the default, ``R`` the unweighted
     ``2‖∇(χ⁺ + χ⁻)‖₁ + ‖∇χ⁺‖₁ + ‖∇χ⁻‖₁`` (as :mod:`qsmprep.qsm.inversion.regularization`
     does for the single-source inversions).  Returns ``(chi_para, chi_dia, info)``; ``info``
-    has ``lambda``, ``lambda_rule`` and, for a search, ``lambda_search``.
+    has ``lambda``, ``lambda_rule`` and, for a search, ``lambda_search``; the discrepancy
+    principle adds ``lambda_rule_attained`` (and, where it is False, ``lambda_rule_fallback``:
+    λ is then the default, see :func:`qsmprep.qsm.inversion.regularization._discrepancy`).
     """
     from qsmprep.qsm.inversion.regularization import (
-        LAMBDA_RULES, _discrepancy, _lcurve, _reg_value, _residual_norm, _residual_variance,
+        LAMBDA_RULES, _discrepancy, _discrepancy_fallback, _lcurve, _reg_value, _residual_norm, _residual_variance,
     )
     from qsmprep.qsm.inversion._operators import _noise_std
 
@@ -157,9 +159,12 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
 
     if lambda_rule == "discrepancy":
         sigma = _noise_std(grid, noise)
-        lam, _, history = _discrepancy(lambda x: (lambda c: (c, _residual_variance(grid, c, f, sigma)))(total(x)),
-                                       lam0, max_evals=evals)
+        lam, _, history, attained = _discrepancy(
+            lambda x: (lambda c: (c, _residual_variance(grid, c, f, sigma)))(total(x)), lam0, max_evals=evals)
         search = [{"lambda": x, "residual_variance": r} for x, r in history]
+        extra = {"lambda_rule_attained": attained}
+        if not attained:
+            extra["lambda_rule_fallback"] = _discrepancy_fallback(history, lam0)
     else:
         if evals < 3 or not lambda_range > 1:
             raise ValueError("the L-curve needs lambda_evals >= 3 and lambda_range > 1")
@@ -173,7 +178,8 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
 
         lam, _, history = _lcurve(point, lams)
         search = [{"lambda": x, "residual_norm": r, "regulariser": e, "curvature": k} for x, r, e, k in history]
-    return finish(lam, {"lambda": float(lam), "lambda_rule": lambda_rule, "lambda_search": search})
+        extra = {}
+    return finish(lam, {"lambda": float(lam), "lambda_rule": lambda_rule, "lambda_search": search, **extra})
 
 
 def _default_lambda():

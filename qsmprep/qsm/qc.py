@@ -47,6 +47,9 @@ RULES = {
                       "warn < 0.02 ppm (a nearly flat map: wrong phase units or echo times?) or > 2 ppm"),
     "reference_offset_ppm": ("ppm", "mean χ of the reference region subtracted from the map",
                              "warn when |offset| > 0.2 ppm"),
+    "lambda_rule": (None, "how the inversion's regularisation weight λ was chosen (fixed, discrepancy, lcurve)",
+                    "warn when the discrepancy principle could not reach the noise level and λ fell back to "
+                    "the fixed value"),
     "registration_similarity": (None, "normalised mutual information (Studholme 1999) of the registered GRE "
                                 "echo average and the T1w in the T1w brain mask; checked against the same "
                                 "measure after ±3 mm shifts", "warn when a shift increases it (not at its "
@@ -66,6 +69,9 @@ def rate(name, value, **context):
     if name == "mask_source":
         fallback = context.get("fallback")
         return ("warn", fallback) if fallback else ("pass", "")
+    if name == "lambda_rule":
+        fallback = context.get("fallback")
+        return ("warn", f"lambda_rule {value!r} fell back: {fallback}") if fallback else ("pass", "")
     if name == "partial_coverage":
         return ("warn", "partial coverage: " + context.get("reason", "")) if value else ("pass", "")
     if name == "mask_volume_ml":

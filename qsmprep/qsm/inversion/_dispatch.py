@@ -23,6 +23,7 @@ from qsmprep.qsm.inversion.medi import medi
 from qsmprep.qsm.inversion.regularization import (
     LAMBDA_RULES,
     _discrepancy,
+    _discrepancy_fallback,
     _lcurve,
     _reg_value,
     _residual_norm,
@@ -117,6 +118,15 @@ def default_parameters(method):
     return out
 
 
+def _model_chi(grid, stats, out):
+    """The χ a method's data term saw, on the λ rules' padded ``grid``: the whole padded grid where
+    the method leaves it in ``stats["chi_grid"]`` (MEDI and TV solve outside the mask too, with no
+    data weight there, so their residual inside the mask includes what they put outside), else
+    ``out`` (zero outside the mask)."""
+    full = stats.pop("chi_grid", None)
+    return full if full is not None and full.shape == grid.shape else grid.put(out)
+
+
 def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=None, noise=None, r2star=None,
            lambda_=None, lambda_rule="fixed", pad=16, workers=None, **params):
     """Local field (ppm) to χ (ppm) with any of :data:`METHODS`; returns (χ, info).
@@ -147,7 +157,9 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         an automatic search.
     lambda_rule : {"fixed", "discrepancy", "lcurve"}
         ``discrepancy``: λ such that the mean of ``((Dχ − f)/σ)²`` in the mask is 1 (needs
-        ``noise``); ``lcurve``: the corner (maximum curvature) of the L-curve over
+        ``noise``; where no λ gets there, because the residual flattens out above or below
+        the noise, λ stays the fixed one and ``info`` says so: ``lambda_rule_attained``
+        False and ``lambda_rule_fallback``); ``lcurve``: the corner (maximum curvature) of the L-curve over
         ``lambda_evals`` (default 9 for tikhonov, 7 otherwise) log-spaced values within
         ``lambda_range`` (default 100) times and divided by λ.
     pad : int
@@ -255,7 +267,7 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         def solve(lam):
             out = medi(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, csf=csf,
                        pad=pad, workers=workers, stats=stats, **opts)
-            return grid.put(out)
+            return _model_chi(grid, stats, out)
 
         reg_kind = "l1"
         info.update(opts)
@@ -275,7 +287,7 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         def solve(lam):
             out = func(field, mask, vs, b, magnitude=magnitude, noise=noise_map, lambda_=lam, pad=pad,
                        workers=workers, stats=stats, **opts)
-            return grid.put(out)
+            return _model_chi(grid, stats, out)
 
         reg_kind = "tv"
         info.update(opts)
@@ -293,13 +305,17 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
     elif lambda_rule == "discrepancy":
         sigma = _noise_std(grid, noise)
         search = {"max_evals": n_evals} if evals_given else {}  # else _discrepancy's default
-        lam, chi_p, history = _discrepancy(lambda x: (lambda c: (c, _residual_variance(grid, c, f, sigma)))(solve(x)),
-                                           lam0, **search)
+        lam, chi_p, history, attained = _discrepancy(
+            lambda x: (lambda c: (c, _residual_variance(grid, c, f, sigma)))(solve(x)), lam0, **search)
         info["lambda_search"] = [{"lambda": x, "residual_variance": r} for x, r in history]
+        info["lambda_rule_attained"] = attained
+        if not attained:
+            info["lambda_rule_fallback"] = _discrepancy_fallback(history, lam0)
     else:
         lams = lam0 * np.logspace(-np.log10(lam_range), np.log10(lam_range), n_evals)
         lam, chi_p, history = _lcurve(
-            lambda x: (lambda c: (c, _residual_norm(grid, c, f, w), _reg_value(c, vs, reg_kind)))(solve(x)), lams)
+            lambda x: (lambda c: (c, _residual_norm(grid, c, f, w), _reg_value(c * grid.mask, vs, reg_kind)))(
+                solve(x)), lams)
         info["lambda_search"] = [{"lambda": x, "residual_norm": r, "regulariser": e, "curvature": k}
                                  for x, r, e, k in history]
     info.update({"lambda": float(lam), "lambda_rule": lambda_rule})

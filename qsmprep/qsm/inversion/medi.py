@@ -139,7 +139,8 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
     lambda_csf : float, optional
         Weight of the CSF term (default ``100 λ``).
     stats : dict, optional
-        Filled with the solver and its iteration counts.
+        Filled with the solver, its iteration counts and ``chi_grid``, χ on the whole padded
+        grid (outside the mask too: the λ rules' residual, :func:`qsmprep.qsm.inversion.invert`).
 
     Returns
     -------
@@ -178,7 +179,7 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
         chi, it = admm_l1(grid, f, w2, lam=lam, mu=mu, mu_d=mu_d, max_iter=admm_max_iter, tol=admm_tol,
                           phase_scale=a, newton_iter=newton_iter, gradient_weights=mg, relax=admm_relax)
         if stats is not None:
-            stats.update({"solver": solver, "iterations": it})
+            stats.update({"solver": solver, "iterations": it, "chi_grid": chi})
         return grid.get(chi * m)
     mcsf = None
     if csf is not None:
@@ -229,6 +230,6 @@ def medi(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, l
                 break
     if mcsf is not None:
         chi -= np.float32(chi[mcsf].mean(dtype=np.float64))
-    if stats is not None:
-        stats.update({"solver": solver, "iterations": it_outer, "cg_iterations": cg_its})
+    if stats is not None:  # chi_grid: χ on the whole padded grid, for the λ rules' residual (not in sidecars)
+        stats.update({"solver": solver, "iterations": it_outer, "cg_iterations": cg_its, "chi_grid": chi})
     return grid.get(chi * m)

@@ -3,7 +3,9 @@
 ``fixed``: the given (or the method's default) λ.  ``discrepancy``: the discrepancy principle
 (Morozov 1966): λ at which the noise-weighted residual variance equals the expected noise
 variance, ``mean_mask(((Dχ − f)/σ)²) = 1``, found by bracketing and bisection in log λ
-(:func:`_discrepancy`).  ``lcurve``: the corner (maximum curvature) of the L-curve,
+(:func:`_discrepancy`); where the residual flattens out short of the noise level, the
+fixed λ is kept and the caller records why (``lambda_rule_attained``,
+``lambda_rule_fallback``; QC's ``lambda_rule`` warns).  ``lcurve``: the corner (maximum curvature) of the L-curve,
 ``(log ‖W(Dχ − f)‖, log R(χ))`` over log-spaced λ (Hansen 1992; as in Bilgic et al. 2014,
 :func:`_lcurve`).
 """
@@ -19,13 +21,19 @@ LAMBDA_RULES = ("fixed", "discrepancy", "lcurve")
 
 
 def _residual_variance(grid, chi_padded, f, sigma):
-    """Mean of ``((Dχ − f)/σ)²`` inside the mask (1 at the discrepancy-principle λ)."""
-    r = (grid.conv(chi_padded * grid.mask) - f)[grid.mask] / sigma[grid.mask]
+    """Mean of ``((Dχ − f)/σ)²`` inside the mask (1 at the discrepancy-principle λ).
+
+    ``chi_padded`` is the χ the method's data term saw, on the whole padded grid: MEDI and TV
+    solve for χ outside the mask too (no data weight there), and what they put there is part
+    of their fit to the field inside it; methods whose χ stops at the mask pass it masked.
+    """
+    r = (grid.conv(chi_padded) - f)[grid.mask] / sigma[grid.mask]
     return float(np.mean(r.astype(np.float64) ** 2))
 
 
 def _residual_norm(grid, chi_padded, f, w):
-    r = (grid.conv(chi_padded * grid.mask) - f) * w
+    """``‖W (Dχ − f)‖`` with ``chi_padded`` as in :func:`_residual_variance`."""
+    r = (grid.conv(chi_padded) - f) * w
     return _norm(r)
 
 
@@ -41,7 +49,14 @@ def _reg_value(chi_padded, voxel_size, kind):
 def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
     """λ with residual variance 1 by bracketing and bisection in log λ.
 
-    ``evaluate(lam) -> (chi, residual variance)``, the variance increasing with λ.
+    ``evaluate(lam) -> (chi, residual variance)``, the variance increasing with λ.  Returns
+    ``(λ, χ, history, attained)``.  Before a bracket is found the search steps λ by a decade;
+    when the variance's change per decade shrinks and, carried on, would not reach 1 within
+    the evaluations left (it flattens out on one side of 1), or the evaluations run out
+    without a bracket, 1 is out of reach: the noise σ does not describe the residual (a residual that
+    stays above the noise at every λ is model misfit or background left in the field, not
+    noise).  The search then stops and returns ``λ0``'s χ with ``attained`` False, instead of
+    a λ decades away that only reflects the plateau.
     """
     history = []
 
@@ -53,7 +68,9 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
     lo = hi = None
     lam = lam0
     chi, rv = ev(lam)
+    first = (lam, chi)
     best = (abs(np.log(rv)), lam, chi)
+    last_step = 0.0  # a first step alone does not show the curve flattening
     while len(history) < max_evals:
         if abs(rv - 1.0) <= rtol:
             break
@@ -67,10 +84,29 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
             lam = lo * 10.0
         else:
             lam = float(np.sqrt(lo * hi))
+        rv_prev = rv
         chi, rv = ev(lam)
         if abs(np.log(rv)) < best[0]:
             best = (abs(np.log(rv)), lam, chi)
-    return best[1], best[2], history
+        if (lo is None or hi is None) and (rv - 1.0) * (rv_prev - 1.0) > 0:  # still on one side, a decade on
+            step = abs(np.log(rv) - np.log(rv_prev))
+            if step <= last_step and step * (max_evals - len(history)) < abs(np.log(rv)):
+                return first[0], first[1], history, False  # flattening out short of 1
+            last_step = step
+    bracketed = any(r < 1.0 for _, r in history) and any(r > 1.0 for _, r in history)
+    if not bracketed and min(abs(r - 1.0) for _, r in history) > rtol:
+        return first[0], first[1], history, False
+    return best[1], best[2], history, True
+
+
+def _discrepancy_fallback(history, lam0):
+    """The sidecar's sentence for a discrepancy search that could not reach 1 (:func:`_discrepancy`)."""
+    rvs = [r for _, r in history]
+    lams = [x for x, _ in history]
+    side = (f"stays at or above {min(rvs):.3g} × the noise variance" if min(rvs) > 1.0 else
+            f"stays at or below {max(rvs):.3g} × the noise variance")
+    return (f"the residual {side} for λ {min(lams):.3g}-{max(lams):.3g}: the noise map does not describe the "
+            f"residual, so λ is the fixed {lam0:.3g}")
 
 
 def _lcurve(evaluate, lams):

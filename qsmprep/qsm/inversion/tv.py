@@ -55,7 +55,8 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
         at the same stopping rule 1.6 (with ``mu_data`` 0.3) ran longer to a χ better on the
         demo phantom but not on the MNI head (README).
     stats : dict, optional
-        Filled with the iteration count.
+        Filled with the iteration count and ``chi_grid``, χ on the whole padded grid (as
+        :func:`medi`'s).
 
     Returns
     -------
@@ -69,5 +70,5 @@ def tv(local_field, mask, voxel_size, b0_dir, *, magnitude=None, noise=None, lam
     chi, it = admm_l1(grid, f, w * w, lam=lam, mu=mu, mu_d=mu_d, max_iter=max_iter, tol=tol, phase_scale=a,
                       newton_iter=newton_iter, relax=relax)
     if stats is not None:
-        stats.update({"iterations": it})
+        stats.update({"iterations": it, "chi_grid": chi})  # χ on the padded grid: the λ rules' residual
     return grid.get(chi * grid.mask)
