@@ -145,6 +145,15 @@ def _gauss_newton_numpy(active, phase, w, tes, a11, a12, a22, det, omega, phi0, 
     rss[:] = (2 * w * (1 - np.cos(phase - (phi0[:, None] + omega[:, None] * tes)))).sum(-1)
 
 
+def _pooled_variance(per_voxel, dof):
+    """The noise variance pooled over voxels from per-voxel reduced residuals (χ²_dof/dof times
+    σ² where the model holds): their median over the finite ones, divided by the median of a
+    χ²_dof/dof distribution (robust to the voxels where the model does not hold)."""
+    from scipy.stats import chi2
+
+    return float(np.median(per_voxel[np.isfinite(per_voxel)])) / (chi2.median(dof) / dof)
+
+
 def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_iter=30, tol=1e-4):
     """Complex-domain Gauss-Newton fit of ``S_e = |S_e| exp(i(φ0 + ω TE_e))``.
 
@@ -180,12 +189,9 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     # E − 2 degrees of freedom.  The noise of complex MR data is the same everywhere, so σ²
     # is pooled over voxels (median of the per-voxel estimates, corrected for the median of
     # a χ²_k/k distribution); each voxel's σ_ω then follows from its own (JᵀJ)⁻¹.
-    from scipy.stats import chi2
-
     dof = n_e - 2
     if dof > 0:
-        per_voxel = rss / dof
-        sigma2 = float(np.median(per_voxel[np.isfinite(per_voxel)])) / (chi2.median(dof) / dof)
+        sigma2 = _pooled_variance(rss / dof, dof)
     else:  # two echoes: no residual; the darkest decile of the magnitude bounds the noise
         sigma2 = float(np.percentile(mag, 10)) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -214,8 +220,6 @@ def field_misfit(phase, mag, tes, omega, offset, *, mask=None, signal_fraction=0
     usual inflation of a least-squares error by its reduced χ² where the model misfits (the
     Birge ratio; Birge, Phys Rev 1932;40:207).  Returns ``(ratio float32, reference voxels)``.
     """
-    from scipy.stats import chi2
-
     tes = np.asarray(tes, dtype=np.float64)
     shape = np.shape(omega)
     dof = tes.size - 2
@@ -238,7 +242,7 @@ def field_misfit(phase, mag, tes, omega, offset, *, mask=None, signal_fraction=0
     ref &= np.isfinite(q)
     if not ref.any():
         return np.ones(shape, np.float32), 0
-    sigma2 = float(np.median(q[ref])) / (chi2.median(dof) / dof)
+    sigma2 = _pooled_variance(q[ref], dof)
     if sigma2 <= 0:
         return np.ones(shape, np.float32), int(ref.sum())
     ratio = np.where(np.isfinite(q), np.maximum(q / sigma2, 1.0), 1.0)
