@@ -86,13 +86,20 @@ def score(chi, truth, mask, seg):
     return metrics
 
 
-def score_both(chi, truth_dir, seg):
-    """:func:`score` against ``truth_dir``'s ``sub-01_Chimap`` in its brain mask, plus :data:`BANDLIMITED`
-    against its ``sub-01_desc-bandlimited_Chimap`` as ``<metric>_bl`` ("-" where the family has none)."""
-    mask = _read(truth_dir / "sub-01_desc-brain_mask.nii.gz")
-    m = score(chi, _read(truth_dir / "sub-01_Chimap.nii.gz"), mask, seg)
+def read_truths(truth_dir):
+    """``truth_dir``'s χ (``sub-01_Chimap``), brain mask (float) and band-limited χ (None where the
+    family has none), read once for :func:`score_both`."""
     bl = truth_dir / "sub-01_desc-bandlimited_Chimap.nii.gz"
-    m_bl = score(chi, _read(bl), mask, seg) if bl.exists() else {}
+    return {"chi": _read(truth_dir / "sub-01_Chimap.nii.gz"),
+            "mask": _read(truth_dir / "sub-01_desc-brain_mask.nii.gz"),
+            "bandlimited": _read(bl) if bl.exists() else None}
+
+
+def score_both(chi, truths, seg):
+    """:func:`score` against ``truths`` (:func:`read_truths`) in its brain mask, plus :data:`BANDLIMITED`
+    against its band-limited χ as ``<metric>_bl`` ("-" where the family has none)."""
+    m = score(chi, truths["chi"], truths["mask"], seg)
+    m_bl = {} if truths["bandlimited"] is None else score(chi, truths["bandlimited"], truths["mask"], seg)
     m.update({f"{k}_bl": m_bl.get(k, "-") for k in BANDLIMITED})
     return m
 
@@ -167,9 +174,8 @@ def oracle(case, specs, seg, workers):
     from qsmprep.qsm.inversion import invert, uses_phase_scale
     from qsmprep.qsm.kernels import b0_direction
 
-    truth = case / "truth" / "sub-01"
-    chi_true = _read(truth / "sub-01_Chimap.nii.gz")
-    mask = _read(truth / "sub-01_desc-brain_mask.nii.gz") > 0
+    truths = read_truths(case / "truth" / "sub-01")
+    chi_true, mask = truths["chi"], truths["mask"] > 0
     tes, b0, magnitude, affine = _echoes(case / "bids")
     vs = tuple(float(v) for v in nib.affines.voxel_sizes(affine))
     b0_dir = b0_direction(affine)
@@ -181,7 +187,7 @@ def oracle(case, specs, seg, workers):
             extra["phase_scale"] = phase_per_ppm(tes, b0)
         t = time.perf_counter()
         chi, _ = invert(field, mask, vs, b0_dir, method=method, magnitude=magnitude, workers=workers, **extra)
-        m = score_both(chi * mask, truth, seg)
+        m = score_both(chi * mask, truths, seg)
         m["seconds"] = time.perf_counter() - t
         rows.append((spec, m))
     return rows
@@ -245,11 +251,12 @@ def main(argv=None):
             secs = _run(case / "bids", case / f"out-{tag}", case / f"work-{tag}", a.nprocs, a.config,
                         r2_dir=case / "truth" / "r2" if a.r2_map else None)
         chi = _read(case / f"out-{tag}" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz")
-        m = score_both(chi, truth, seg)
+        truths = read_truths(truth)
+        m = score_both(chi, truths, seg)
         m["seconds"] = secs
         out_anat = case / f"out-{tag}" / "sub-01" / "anat"
         if (out_anat / "sub-01_desc-paramagnetic_Chimap.nii.gz").exists():
-            m["chisep"] = score_chisep(out_anat, truth, _read(truth / "sub-01_desc-brain_mask.nii.gz"), seg)
+            m["chisep"] = score_chisep(out_anat, truth, truths["mask"], seg)
         rows.append((name, m))
         (case / f"scores-{tag}.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
     if a.oracle:

@@ -200,7 +200,7 @@ def test_oracle_scores_the_inversion_on_the_ideal_local_field(tmp_path, monkeypa
     # moment thresholds the estimate, so not even the truth scores zero on it)
     truth = tmp_path / "truth" / "sub-01"
     bl = np.asarray(nib.load(truth / "sub-01_desc-bandlimited_Chimap.nii.gz").dataobj)
-    m = A.score_both(bl, truth, seg)
+    m = A.score_both(bl, A.read_truths(truth), seg)
     assert m["dgm_linearity_bl"] < 1e-6 and m["dgm_mae_ppm_bl"] < 1e-6
     assert m["dgm_linearity"] > 0.1
     assert all(isinstance(got[k][f"{c}_bl"], float) for k in got for c in A.BANDLIMITED)
