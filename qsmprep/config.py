@@ -125,7 +125,8 @@ def signature_defaults(stage, method):
         return chisep.parameters()
     if stage == "combination":
         func = echoes.fit_field_nonlinear if method == "nonlinear" else echoes.fit_field
-        return keyword_defaults(func, exclude=("method", "phase_wrapped", "mask", "init_slope", "init_offset"))
+        return keyword_defaults(func, exclude=("method", "phase_wrapped", "mask", "signal_fraction", "init_slope",
+                                                "init_offset"))
     return {}
 
 

@@ -47,14 +47,32 @@ def _voxels_by_echo(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def fit_field_linear(phase, mag, tes, b0, *, intercept=True):
+def _reference_voxels(mag, mask=None, signal_fraction=0.2):
+    """The voxels the noise variance is pooled over, flat: ``mask`` when given, else those
+    whose echo-RSS magnitude is at least ``signal_fraction`` of its 99th percentile (tissue,
+    not air: air's random phase has residuals several times the noise's, so pooling over all
+    voxels of the 1 mm demo, whose field of view is 70 % air, put σ² 1.44 × too high)."""
+    if mask is not None:
+        return np.asarray(mask, dtype=bool).reshape(-1)
+    m_all = _voxels_by_echo(mag)
+    rss = np.empty(m_all.shape[0])
+    for sl in _blocks(rss.size):
+        m = m_all[sl].astype(np.float32)
+        rss[sl] = np.sqrt(np.einsum("ve,ve->v", m, m, dtype=np.float64))
+    return rss >= signal_fraction * np.percentile(rss, 99)
+
+
+def fit_field_linear(phase, mag, tes, b0, *, intercept=True, mask=None, signal_fraction=0.2):
     """Weighted least squares of unwrapped phase against TE.
 
     Weights ``w_e = |S_e|²`` (the inverse variance of the phase of echo e, σ_φ = σ/|S|).
     The slope is the frequency; with ``intercept`` the fitted offset is the receive phase.
-    The noise map is the standard error of the slope with the noise variance estimated
-    from the weighted residuals of all voxels (median over voxels, robust to outliers).
-    Computed in float64 over blocks of voxels (:data:`BLOCK_VOXELS`).
+    The noise map is the standard error of the slope, ``sqrt(σ² / Σ w (TE − T̄E)²)``, with the
+    noise variance σ² pooled from the weighted residuals of the reference voxels
+    (:func:`_reference_voxels`: ``mask``, else the voxels with signal): their median,
+    corrected for the median of χ²_dof/dof (:func:`_pooled_variance`, as the nonlinear fit
+    and :func:`field_misfit`).  Computed in float64 over blocks of voxels
+    (:data:`BLOCK_VOXELS`).
     """
     tes = np.asarray(tes, dtype=np.float64)
     shape = np.shape(phase)[:-1]
@@ -81,9 +99,10 @@ def fit_field_linear(phase, mag, tes, b0, *, intercept=True):
         if dof > 0:
             resid = ph - offset[sl, None] - slope[sl, None] * tes
             chi2[sl] = (w * resid**2).sum(-1) / dof
-    if dof > 0:
-        sigma2 = float(np.median(chi2[np.isfinite(chi2)]))
-    else:  # no residual: phase noise σ/|S| with σ from the faintest decile of the magnitude
+    ref = _reference_voxels(mag, mask, signal_fraction) & np.isfinite(chi2) if dof > 0 else None
+    if dof > 0 and ref.any():
+        sigma2 = _pooled_variance(chi2[ref], dof)
+    else:  # no residual (or no reference voxel): phase noise σ/|S|, σ from the faintest decile of |S|
         sigma2 = float(np.percentile(m_all.astype(np.float64) ** 2 + 1e-20, 10))
     noise = np.sqrt(sigma2 / sxx)
     return slope.reshape(shape), offset.reshape(shape), noise.reshape(shape)
@@ -154,7 +173,8 @@ def _pooled_variance(per_voxel, dof):
     return float(np.median(per_voxel[np.isfinite(per_voxel)])) / (chi2.median(dof) / dof)
 
 
-def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_iter=30, tol=1e-4):
+def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_iter=30, tol=1e-4, mask=None,
+                        signal_fraction=0.2):
     """Complex-domain Gauss-Newton fit of ``S_e = |S_e| exp(i(φ0 + ω TE_e))``.
 
     After MEDI's ``Fit_ppm_complex`` (Liu et al., MRM 2013;69:467-476; de Rochefort et al.,
@@ -165,7 +185,8 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     ``‖r‖² = Σ 2|S_e|² (1 − cos(φ_e − θ_e))``, so no complex arrays are formed; the
     per-voxel iterations run in compiled code (numba; a vectorised numpy twin otherwise).
     Returns ``(ω rad/s, φ0 rad, σ_ω rad/s)`` with the noise standard deviation from the
-    Gauss-Newton covariance ``σ² (JᵀJ)⁻¹``.
+    Gauss-Newton covariance ``σ² (JᵀJ)⁻¹``, σ² pooled over the reference voxels
+    (:func:`_reference_voxels`: ``mask``, else the voxels with signal).
     """
     tes = np.asarray(tes, dtype=np.float64)
     mag = np.asarray(mag, dtype=np.float32)
@@ -187,12 +208,13 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     kernel(active, phase, w, tes, a11, a12, a22, det, omega, phi0, int(max_iter), float(tol), rss)
     # The amplitude is the measured |S|, so only the tangential residual (E values) is free:
     # E − 2 degrees of freedom.  The noise of complex MR data is the same everywhere, so σ²
-    # is pooled over voxels (median of the per-voxel estimates, corrected for the median of
-    # a χ²_k/k distribution); each voxel's σ_ω then follows from its own (JᵀJ)⁻¹.
+    # is pooled over the reference voxels (median of the per-voxel estimates, corrected for the
+    # median of a χ²_k/k distribution); each voxel's σ_ω then follows from its own (JᵀJ)⁻¹.
     dof = n_e - 2
-    if dof > 0:
-        sigma2 = _pooled_variance(rss / dof, dof)
-    else:  # two echoes: no residual; the darkest decile of the magnitude bounds the noise
+    ref = _reference_voxels(mag, mask, signal_fraction) & np.isfinite(rss) if dof > 0 else None
+    if dof > 0 and ref.any():
+        sigma2 = _pooled_variance(rss[ref] / dof, dof)
+    else:  # two echoes (no residual) or no reference voxel: the darkest decile of |S| bounds the noise
         sigma2 = float(np.percentile(mag, 10)) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         sd_omega = np.sqrt(sigma2 * a11 / det)
@@ -228,18 +250,12 @@ def field_misfit(phase, mag, tes, omega, offset, *, mask=None, signal_fraction=0
     p_all, m_all = _voxels_by_echo(phase), _voxels_by_echo(mag)
     om, ph0 = np.asarray(omega, np.float32).reshape(-1), np.asarray(offset, np.float32).reshape(-1)
     te32 = tes.astype(np.float32)
-    q, rss = np.empty(om.size), np.empty(om.size)
+    q = np.empty(om.size)
     for sl in _blocks(om.size):  # 2|S|²(1 − cos δ) as 4|S|² sin²(δ/2): exact in float32 for small δ
-        m = m_all[sl].astype(np.float32)
-        rss[sl] = np.sqrt(np.einsum("ve,ve->v", m, m, dtype=np.float64))
         half = np.sin(0.5 * (p_all[sl].astype(np.float32) - (ph0[sl, None] + om[sl, None] * te32)))
-        half *= m
+        half *= m_all[sl].astype(np.float32)
         q[sl] = 4.0 * np.einsum("ve,ve->v", half, half, dtype=np.float64) / dof
-    if mask is not None:
-        ref = np.asarray(mask, dtype=bool).reshape(-1)
-    else:
-        ref = rss >= signal_fraction * np.percentile(rss, 99)
-    ref &= np.isfinite(q)
+    ref = _reference_voxels(mag, mask, signal_fraction) & np.isfinite(q)
     if not ref.any():
         return np.ones(shape, np.float32), 0
     sigma2 = _pooled_variance(q[ref], dof)
@@ -256,20 +272,24 @@ def fit_field(phase_unwrapped, mag, tes, b0, *, method="linear", phase_wrapped=N
     Returns a dict with ``field`` (ppm), ``noise`` (ppm std of the fit from the noise alone),
     ``uncertainty`` (ppm: ``noise`` × √ of :func:`field_misfit`'s ratio, the field's standard
     error where the signal does not follow the model; what background removal and dipole
-    inversion weight the field by), ``misfit_reference_voxels``, ``offset`` (rad) and, for
-    ``per-echo``, ``echo_fields`` (ppm per echo, the offset removed).
+    inversion weight the field by), ``misfit_reference_voxels`` (how many voxels the noise
+    variance of ``noise`` and of the misfit was pooled over: ``mask``, else those with signal,
+    :func:`_reference_voxels`), ``offset`` (rad) and, for ``per-echo``, ``echo_fields`` (ppm per
+    echo, the offset removed).
     """
     tes = np.asarray(tes, dtype=np.float64)
     if method not in ("linear", "nonlinear", "per-echo"):
         raise ValueError(f"unknown echo combination method {method!r}; use linear, nonlinear or per-echo")
     phase_unwrapped = np.asarray(phase_unwrapped)
-    slope, offset, noise = fit_field_linear(phase_unwrapped, mag, tes, b0, intercept=intercept)
+    if tes.size > 1:  # the voxels every σ² below is pooled over, found once
+        mask = _reference_voxels(mag, mask).reshape(np.shape(mag)[:-1])
+    slope, offset, noise = fit_field_linear(phase_unwrapped, mag, tes, b0, intercept=intercept, mask=mask)
     wrapped = phase_unwrapped if phase_wrapped is None else phase_wrapped
     if method == "nonlinear":
         if tes.size < 2:
             raise ValueError("the nonlinear fit needs at least two echoes")
         slope, offset, noise = fit_field_nonlinear(wrapped, mag, tes, init_slope=slope, init_offset=offset,
-                                                   **params)
+                                                   mask=mask, **params)
     ratio, n_ref = field_misfit(wrapped, mag, tes, slope, offset, mask=mask)
     noise_ppm = rad_per_s_to_ppm(noise, b0).astype(np.float32)
     out = {
