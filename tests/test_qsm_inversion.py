@@ -366,7 +366,12 @@ def test_discrepancy_search_stops_where_the_noise_level_is_out_of_reach():
     assert attained and abs(crossing(lam) - 1.0) <= 0.05 and chi == lam
     late = lambda lam: 0.2 + 40.0 * lam ** 2 / (lam ** 2 + 1e-8)  # noqa: E731  flat for λ > 1e-3
     lam, _, _, attained, _ = run(late, lam0=10.0)
-    assert attained and 0.8 < late(lam) < 1.25  # bracketed; 10 evaluations leave 5 to bisect
+    assert attained and 0.8 < late(lam) < 1.25  # bracketed after 7 evaluations; false position ends it
+    # where the variance is a power of λ (MEDI's on both phantom families: exponents 0.25-0.8 near 1)
+    # false position lands on it from the first bracket: 3 evaluations (bisection took 4-6)
+    for power, lam_1 in ((0.25, 9e-4), (0.8, 2.1e-4), (2.5, 3.3e-4)):
+        lam, _, history, attained, _ = run(lambda lam: (lam / lam_1) ** power, lam0=5e-4)
+        assert attained and len(history) == 3 and lam == pytest.approx(lam_1, rel=0.05 / power), history
     for floor in (23.6, 0.04):  # a misfit the noise does not explain; a noise map far too large
         flat = lambda lam: floor * (1.0 + 0.4 * lam / (lam + 1e-3))  # noqa: E731
         lam, chi, history, attained, calls = run(flat, lam0=5e-4)

@@ -47,10 +47,15 @@ def _reg_value(chi_padded, voxel_size, kind):
 
 
 def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
-    """λ with residual variance 1 by bracketing and bisection in log λ.
+    """λ with residual variance 1 by bracketing and false position in log λ.
 
     ``evaluate(lam) -> (chi, residual variance)``, the variance increasing with λ.  Returns
     ``(λ, χ, history, attained)``.  Before a bracket is found the search steps λ by a decade;
+    once 1 is bracketed, each next λ is where the straight line through the bracket's ends in
+    (log λ, log variance) crosses 0, the Illinois variant of false position (Dowell & Jarratt,
+    BIT 1971;11:168-174: an end kept twice in a row has its log variance halved, so that both
+    ends close in), kept within the bracket's middle 90 %.  The variance is close to a power of
+    λ over a decade, so this needs one or two evaluations where bisection needed two to four;
     when the variance's change per decade shrinks and, carried on, would not reach 1 within
     the evaluations left (it flattens out on one side of 1), or the evaluations run out
     without a bracket, 1 is out of reach: the noise σ does not describe the residual (a residual that
@@ -65,7 +70,8 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
         history.append((float(lam), float(rv)))
         return chi, rv
 
-    lo = hi = None
+    lo = hi = None  # the bracket's ends: [log λ, log variance used by the next step]
+    moved = None    # the end the last evaluation replaced
     lam = lam0
     chi, rv = ev(lam)
     first = (lam, chi)
@@ -74,16 +80,23 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
     while len(history) < max_evals:
         if abs(rv - 1.0) <= rtol:
             break
+        end = [float(np.log(lam)), float(np.log(rv))]
         if rv < 1.0:
-            lo = lam
+            if moved == "lo" and hi is not None:  # Illinois: the other end kept twice
+                hi[1] *= 0.5
+            lo, moved = end, "lo"
         else:
-            hi = lam
+            if moved == "hi" and lo is not None:
+                lo[1] *= 0.5
+            hi, moved = end, "hi"
         if lo is None:
-            lam = hi / 10.0
+            lam = np.exp(hi[0]) / 10.0
         elif hi is None:
-            lam = lo * 10.0
+            lam = np.exp(lo[0]) * 10.0
         else:
-            lam = float(np.sqrt(lo * hi))
+            t = (lo[0] * hi[1] - hi[0] * lo[1]) / (hi[1] - lo[1])  # log variance 0 on the line
+            span = hi[0] - lo[0]
+            lam = float(np.exp(np.clip(t, lo[0] + 0.05 * span, hi[0] - 0.05 * span)))
         rv_prev = rv
         chi, rv = ev(lam)
         if abs(np.log(rv)) < best[0]:
