@@ -70,7 +70,7 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
         history.append((float(lam), float(rv)))
         return chi, rv
 
-    lo = hi = None  # the bracket's ends: [log λ, log variance used by the next step]
+    lo = hi = None  # the bracket's ends: [log λ, log variance used by the next step, λ]
     moved = None    # the end the last evaluation replaced
     lam = lam0
     chi, rv = ev(lam)
@@ -80,7 +80,7 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
     while len(history) < max_evals:
         if abs(rv - 1.0) <= rtol:
             break
-        end = [float(np.log(lam)), float(np.log(rv))]
+        end = [float(np.log(lam)), float(np.log(rv)), lam]
         if rv < 1.0:
             if moved == "lo" and hi is not None:  # Illinois: the other end kept twice
                 hi[1] *= 0.5
@@ -90,9 +90,9 @@ def _discrepancy(evaluate, lam0, *, max_evals=10, rtol=0.05):
                 lo[1] *= 0.5
             hi, moved = end, "hi"
         if lo is None:
-            lam = np.exp(hi[0]) / 10.0
+            lam = hi[2] / 10.0
         elif hi is None:
-            lam = np.exp(lo[0]) * 10.0
+            lam = lo[2] * 10.0
         else:
             t = (lo[0] * hi[1] - hi[0] * lo[1]) / (hi[1] - lo[1])  # log variance 0 on the line
             span = hi[0] - lo[0]
