@@ -110,7 +110,7 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
     """:func:`chi_separation` with λ chosen by one of the inversions' rules (``lambda_rule``).
 
     ``fixed``: ``params``' λ (or the default).  ``discrepancy``: the λ at which the field
-    term's noise-weighted residual variance is 1 (Morozov; bracketing and bisection in log λ
+    term's noise-weighted residual variance is 1 (Morozov; bracketing and false position in log λ
     from the default, at most ``lambda_evals`` solves; needs ``noise``).  ``lcurve``: the
     corner of ``(log ‖W(D(χ⁺ + χ⁻) − f)‖, log R)`` over ``lambda_evals`` values spread
     ``lambda_range`` either side of the default, ``R`` the unweighted

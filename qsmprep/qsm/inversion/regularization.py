@@ -2,7 +2,7 @@
 
 ``fixed``: the given (or the method's default) λ.  ``discrepancy``: the discrepancy principle
 (Morozov 1966): λ at which the noise-weighted residual variance equals the expected noise
-variance, ``mean_mask(((Dχ − f)/σ)²) = 1``, found by bracketing and bisection in log λ
+variance, ``mean_mask(((Dχ − f)/σ)²) = 1``, found by bracketing and false position in log λ
 (:func:`_discrepancy`); where the residual flattens out short of the noise level, the
 fixed λ is kept and the caller records why (``lambda_rule_attained``,
 ``lambda_rule_fallback``; QC's ``lambda_rule`` warns).  ``lcurve``: the corner (maximum curvature) of the L-curve,
