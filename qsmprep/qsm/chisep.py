@@ -121,7 +121,7 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
     λ is then the default, see :func:`qsmprep.qsm.inversion.regularization._discrepancy`).
     """
     from qsmprep.qsm.inversion.regularization import (
-        LAMBDA_RULES, _discrepancy, _discrepancy_fallback, _lcurve, _reg_value, _residual_norm, _residual_variance,
+        LAMBDA_RULES, _discrepancy, _discrepancy_record, _lcurve, _reg_value, _residual_norm, _residual_variance,
     )
     from qsmprep.qsm.inversion._operators import _noise_std
 
@@ -161,10 +161,7 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
         sigma = _noise_std(grid, noise)
         lam, _, history, attained = _discrepancy(
             lambda x: (lambda c: (c, _residual_variance(grid, c, f, sigma)))(total(x)), lam0, max_evals=evals)
-        search = [{"lambda": x, "residual_variance": r} for x, r in history]
-        extra = {"lambda_rule_attained": attained}
-        if not attained:
-            extra["lambda_rule_fallback"] = _discrepancy_fallback(history, lam0)
+        record = _discrepancy_record(history, attained, lam0)
     else:
         if evals < 3 or not lambda_range > 1:
             raise ValueError("the L-curve needs lambda_evals >= 3 and lambda_range > 1")
@@ -177,9 +174,9 @@ def separate(local_field, r2prime, mask, voxel_size, b0_dir, b0, *, lambda_rule=
             return c, _residual_norm(grid, c, f, w), reg
 
         lam, _, history = _lcurve(point, lams)
-        search = [{"lambda": x, "residual_norm": r, "regulariser": e, "curvature": k} for x, r, e, k in history]
-        extra = {}
-    return finish(lam, {"lambda": float(lam), "lambda_rule": lambda_rule, "lambda_search": search, **extra})
+        record = {"lambda_search": [{"lambda": x, "residual_norm": r, "regulariser": e, "curvature": k}
+                                    for x, r, e, k in history]}
+    return finish(lam, {"lambda": float(lam), "lambda_rule": lambda_rule, **record})
 
 
 def _default_lambda():

@@ -23,7 +23,7 @@ from qsmprep.qsm.inversion.medi import medi
 from qsmprep.qsm.inversion.regularization import (
     LAMBDA_RULES,
     _discrepancy,
-    _discrepancy_fallback,
+    _discrepancy_record,
     _lcurve,
     _reg_value,
     _residual_norm,
@@ -307,10 +307,7 @@ def invert(local_field, mask, voxel_size, b0_dir, *, method="tkd", magnitude=Non
         search = {"max_evals": n_evals} if evals_given else {}  # else _discrepancy's default
         lam, chi_p, history, attained = _discrepancy(
             lambda x: (lambda c: (c, _residual_variance(grid, c, f, sigma)))(solve(x)), lam0, **search)
-        info["lambda_search"] = [{"lambda": x, "residual_variance": r} for x, r in history]
-        info["lambda_rule_attained"] = attained
-        if not attained:
-            info["lambda_rule_fallback"] = _discrepancy_fallback(history, lam0)
+        info.update(_discrepancy_record(history, attained, lam0))
     else:
         lams = lam0 * np.logspace(-np.log10(lam_range), np.log10(lam_range), n_evals)
         lam, chi_p, history = _lcurve(

@@ -122,6 +122,17 @@ def _discrepancy_fallback(history, lam0):
             f"residual, so λ is the fixed {lam0:.3g}")
 
 
+def _discrepancy_record(history, attained, lam0):
+    """The sidecar's record of a discrepancy search (:func:`_discrepancy`'s history and attained):
+    ``lambda_search``, ``lambda_rule_attained`` and, where 1 was out of reach,
+    ``lambda_rule_fallback`` (:func:`_discrepancy_fallback`)."""
+    out = {"lambda_search": [{"lambda": x, "residual_variance": r} for x, r in history],
+           "lambda_rule_attained": attained}
+    if not attained:
+        out["lambda_rule_fallback"] = _discrepancy_fallback(history, lam0)
+    return out
+
+
 def _lcurve(evaluate, lams):
     """L-curve corner: maximum curvature of (log ‖residual‖, log R(χ)) over ``lams``.
 
