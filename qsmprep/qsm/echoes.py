@@ -99,10 +99,8 @@ def fit_field_linear(phase, mag, tes, b0, *, intercept=True, mask=None, signal_f
         if dof > 0:
             resid = ph - offset[sl, None] - slope[sl, None] * tes
             chi2[sl] = (w * resid**2).sum(-1) / dof
-    ref = _reference_voxels(mag, mask, signal_fraction) & np.isfinite(chi2) if dof > 0 else None
-    if dof > 0 and ref.any():
-        sigma2 = _pooled_variance(chi2[ref], dof)
-    else:  # no residual (or no reference voxel): phase noise σ/|S|, σ from the faintest decile of |S|
+    sigma2 = _pooled_variance(chi2, dof, _reference_voxels(mag, mask, signal_fraction)) if dof > 0 else None
+    if sigma2 is None:  # no residual (or no reference voxel): phase noise σ/|S|, σ from the faintest decile of |S|
         sigma2 = float(np.percentile(m_all.astype(np.float64) ** 2 + 1e-20, 10))
     noise = np.sqrt(sigma2 / sxx)
     return slope.reshape(shape), offset.reshape(shape), noise.reshape(shape)
@@ -164,13 +162,17 @@ def _gauss_newton_numpy(active, phase, w, tes, a11, a12, a22, det, omega, phi0, 
     rss[:] = (2 * w * (1 - np.cos(phase - (phi0[:, None] + omega[:, None] * tes)))).sum(-1)
 
 
-def _pooled_variance(per_voxel, dof):
+def _pooled_variance(per_voxel, dof, ref):
     """The noise variance pooled over voxels from per-voxel reduced residuals (χ²_dof/dof times
-    σ² where the model holds): their median over the finite ones, divided by the median of a
-    χ²_dof/dof distribution (robust to the voxels where the model does not hold)."""
+    σ² where the model holds): their median over the reference voxels ``ref`` (flat bool,
+    :func:`_reference_voxels`) where they are finite, divided by the median of a χ²_dof/dof
+    distribution (robust to the voxels where the model does not hold); None without such a voxel."""
     from scipy.stats import chi2
 
-    return float(np.median(per_voxel[np.isfinite(per_voxel)])) / (chi2.median(dof) / dof)
+    use = ref & np.isfinite(per_voxel)
+    if not use.any():
+        return None
+    return float(np.median(per_voxel[use])) / (chi2.median(dof) / dof)
 
 
 def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_iter=30, tol=1e-4, mask=None,
@@ -211,10 +213,8 @@ def fit_field_nonlinear(signal_phase, mag, tes, *, init_slope, init_offset, max_
     # is pooled over the reference voxels (median of the per-voxel estimates, corrected for the
     # median of a χ²_k/k distribution); each voxel's σ_ω then follows from its own (JᵀJ)⁻¹.
     dof = n_e - 2
-    ref = _reference_voxels(mag, mask, signal_fraction) & np.isfinite(rss) if dof > 0 else None
-    if dof > 0 and ref.any():
-        sigma2 = _pooled_variance(rss[ref] / dof, dof)
-    else:  # two echoes (no residual) or no reference voxel: the darkest decile of |S| bounds the noise
+    sigma2 = _pooled_variance(rss / dof, dof, _reference_voxels(mag, mask, signal_fraction)) if dof > 0 else None
+    if sigma2 is None:  # two echoes (no residual) or no reference voxel: the darkest decile of |S| bounds the noise
         sigma2 = float(np.percentile(mag, 10)) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         sd_omega = np.sqrt(sigma2 * a11 / det)
@@ -256,9 +256,9 @@ def field_misfit(phase, mag, tes, omega, offset, *, mask=None, signal_fraction=0
         half *= m_all[sl].astype(np.float32)
         q[sl] = 4.0 * np.einsum("ve,ve->v", half, half, dtype=np.float64) / dof
     ref = _reference_voxels(mag, mask, signal_fraction) & np.isfinite(q)
-    if not ref.any():
+    sigma2 = _pooled_variance(q, dof, ref)
+    if sigma2 is None:
         return np.ones(shape, np.float32), 0
-    sigma2 = _pooled_variance(q[ref], dof)
     if sigma2 <= 0:
         return np.ones(shape, np.float32), int(ref.sum())
     ratio = np.where(np.isfinite(q), np.maximum(q / sigma2, 1.0), 1.0)
