@@ -525,7 +525,8 @@ def write_mni_dataset(out_dir, *, resolution=1.0, protocol="siemens3t", snr=100.
             stem = anat / f"sub-01_echo-{e}_part-{part}_MEGRE"
             nib.Nifti1Image(data[part], ph.affine).to_filename(f"{stem}.nii.gz")
             meta = {"EchoTime": float(te), "EchoNumber": e, "MagneticFieldStrength": prot.b0,
-                    "Manufacturer": prot.manufacturer, "RepetitionTime": 0.035, "FlipAngle": 15}
+                    "Manufacturer": prot.manufacturer, "RepetitionTime": 0.035, "FlipAngle": 15,
+                    "MRAcquisitionType": "3D"}  # k-space cropped on all three axes
             if part == "phase":  # BIDS requires Units on part-phase
                 meta["Units"] = "rad" if prot.encoding == "radians" else "arbitrary"
             _json(f"{stem}.json", meta)

@@ -24,6 +24,7 @@ import numpy as np
 
 from qsmprep.dicom.export import source_identity
 from qsmprep.errors import InputError
+from qsmprep.qsm.unring import SAMPLING_KEYS
 
 LOGGER = logging.getLogger("nipype.workflow")
 
@@ -59,6 +60,9 @@ class GreRecord:
     #: the source DICOMs' patient and study tags from the first echo's sidecar
     #: (:func:`qsmprep.dicom.export.source_identity`; empty for anonymised data), for ``--dicom-export``
     identity: dict = field(default_factory=dict)
+    #: how the first echo was sampled (its sidecar's :data:`qsmprep.qsm.unring.SAMPLING_KEYS`
+    #: that are present), for the ``unringing`` stage
+    sampling: dict = field(default_factory=dict)
 
     @property
     def entities(self):
@@ -242,11 +246,12 @@ def _assemble(key, files_by_part, layout, b0_override):
             path=parts[use[1]][0][1].path,
         )
 
-    echo_times, b0_values, n_volumes, echo_files, identity = [], set(), {}, [], None
+    echo_times, b0_values, n_volumes, echo_files, identity, sampling = [], set(), {}, [], None, None
     for (_, fa), (_, fb) in zip(parts[use[0]], parts[use[1]]):
         meta_a, meta_b = fa.get_metadata(), fb.get_metadata()
         if identity is None:
             identity = source_identity(meta_a)
+            sampling = {k: meta_a[k] for k in SAMPLING_KEYS if meta_a.get(k) is not None}
         tes_a, tes_b = _echo_times(fa.path, meta_a), _echo_times(fb.path, meta_b)
         if (len(tes_a) > 1 or len(tes_b) > 1) and len(parts[use[0]]) > 1:  # a 4D file holds every echo
             f, tes = (fa, tes_a) if len(tes_a) > 1 else (fb, tes_b)
@@ -302,7 +307,7 @@ def _assemble(key, files_by_part, layout, b0_override):
     record = GreRecord(
         subject=sub, session=ses, acquisition=acq, run=run, suffix=suffix,
         echo_times=echo_times, b0=b0, shape=shape, voxel_size=zooms, b0_source=b0_source,
-        echo_volumes=echo_files, identity=identity or {},
+        echo_volumes=echo_files, identity=identity or {}, sampling=sampling or {},
     )
     for p in use:
         setattr(record, "magnitude" if p == "mag" else p, paths[p])

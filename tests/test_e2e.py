@@ -94,6 +94,9 @@ def test_outputs_and_sidecars(demo):
         assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
         assert chi_meta["UnwrappingMethod"] == "romeo" and chi_meta["EchoCombination"] == "linear"
         assert chi_meta["SkullStripped"] is True
+        # the demo's sidecars say MRAcquisitionType 3D: Gibbs ringing removed along all three axes
+        assert chi_meta["Unringing"]["Applied"] is True and chi_meta["Unringing"]["Axes"] == [0, 1, 2]
+        assert chi_meta["Unringing"]["Basis"].startswith("MRAcquisitionType 3D")
         # what the sidecars record is what the functions' signatures say (one source of defaults)
         from qsmprep.config import PIPELINE_CHOICES, default_stages, signature_defaults
 

@@ -102,3 +102,14 @@ def test_subject_report_shows_failures_and_missing_outputs(tmp_path):
     assert path == tmp_path / "sub-01.html"
     assert "1 step(s) failed" in html and "crash-20261122-inversion.txt" in html
     assert "&lt;out of memory&gt;" in html and "No χ map was written" in html
+
+
+def test_boilerplate_names_the_unringing():
+    cfg = Config()
+    text, keys = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "Gibbs ringing was removed" in text and "n_shifts = 20" in text
+    assert {"kellner2016", "bautista2021"} <= set(keys)
+    assert text.index("MEDI") < text.index("Gibbs ringing") < text.index("referenced to the mean")
+    cfg.update_workflow({"unringing": "none"})
+    text, keys = citation.methods_text(cfg, [_record(t1w=None)])
+    assert "Gibbs" not in text and "kellner2016" not in keys

@@ -125,7 +125,7 @@ def write_demo_dataset(out_dir, *, size="small", n_subjects=2, seed=0, snr=100.0
                 nib.Nifti1Image(data, ph.affine).to_filename(f"{path_stem}.nii.gz")
                 _write_json(f"{path_stem}.json", {
                     "EchoTime": round(float(te), 6), "EchoNumber": e, "MagneticFieldStrength": ph.b0,
-                    "Manufacturer": "Siemens", "RepetitionTime": TR, "FlipAngle": FLIP,
+                    "Manufacturer": "Siemens", "RepetitionTime": TR, "FlipAngle": FLIP, "MRAcquisitionType": "3D",
                     "ImageType": ["ORIGINAL", "PRIMARY", "M" if part == "mag" else "P", "ND"],
                     # BIDS requires Units for part-phase: integers 0..4095, not radians
                     **({"Units": "arbitrary"} if part == "phase" else {}),

@@ -11,6 +11,7 @@ from qsmprep.interfaces.base import QSMInputSpec, jsonable, load, load_mask, sav
 from qsmprep.qsm.echoes import phase_per_ppm
 from qsmprep.qsm.inversion import invert, uses_phase_scale
 from qsmprep.qsm.reference import reference_chi
+from qsmprep.qsm.unring import unring_as_planned
 from qsmprep.qsm.weights import average_echoes
 
 
@@ -70,6 +71,37 @@ class DipoleInversion(SimpleInterface):
             chi = chis[0]
         self._results["chi"] = save_like(chi * mask, img, "chi.nii", runtime.cwd)
         self._results["info"] = jsonable({"DipoleInversion": self.inputs.method, "DipoleInversionParameters": info})
+        return runtime
+
+
+class _UnringInputSpec(QSMInputSpec):
+    chi = File(exists=True, mandatory=True, desc="susceptibility (ppm) from the inversion")
+    mask = File(exists=True, mandatory=True, desc="mask of valid χ")
+    inversion_info = traits.Dict(mandatory=True, desc="the inversion's sidecar record, passed on")
+    sampling = traits.Dict(desc="the GRE sidecar's sampling keys (qsmprep.qsm.unring.SAMPLING_KEYS)")
+    params = traits.Dict(desc="n_shifts, min_window, max_window")
+
+
+class _UnringOutputSpec(TraitedSpec):
+    chi = File(exists=True, desc="susceptibility (ppm), Gibbs ringing removed where the sampling allows")
+    info = traits.Dict(desc="the inversion's record and Unringing (axes, why, parameters), for sidecars")
+
+
+class UnringChi(SimpleInterface):
+    """Gibbs-ringing removal of χ by local subvoxel shifts (:func:`qsmprep.qsm.unring.unring`),
+    on the axes :func:`qsmprep.qsm.unring.plan` reads from the acquisition's sidecar."""
+
+    input_spec = _UnringInputSpec
+    output_spec = _UnringOutputSpec
+
+    def _run_interface(self, runtime):
+        chi, img = load(self.inputs.chi)
+        mask = load_mask(self.inputs.mask)
+        params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
+        sampling = dict(self.inputs.sampling) if isdefined(self.inputs.sampling) else {}
+        chi, record = unring_as_planned(chi, mask, sampling, workers=self.inputs.num_threads, **params)
+        self._results["chi"] = save_like(chi * mask, img, "chi_unringed.nii", runtime.cwd)
+        self._results["info"] = jsonable(dict(self.inputs.inversion_info, Unringing=record))
         return runtime
 
 

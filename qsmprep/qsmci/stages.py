@@ -130,6 +130,7 @@ def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, n
     from qsmprep.qsm.echoes import r2star_map
     from qsmprep.qsm.inversion import invert, uses_phase_scale
     from qsmprep.qsm.reference import reference_chi
+    from qsmprep.qsm.unring import unring_as_planned
 
     method, params = stages["inversion"]
     ref_method, ref_params = stages["reference"]
@@ -151,11 +152,15 @@ def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, n
                            noise=noise, r2star=r2star, pad=pad, workers=workers, **params)
     except ValueError as exc:
         raise InputError(f"inversion {method}: {exc}") from None
+    extra = {}
+    unring_method, unring_params = stages.get("unringing", ("none", {}))
+    if unring_method != "none":  # the contract says nothing of the sampling: all three axes, as the sidecar says
+        chi, extra["Unringing"] = unring_as_planned(chi, valid, {}, workers=workers, **unring_params)
     if method == "medi+0":  # already zero in the CSF (MEDI+0's own reference)
         ref = {"ReferenceRegion": "csf (MEDI+0)"}
     else:
         chi, ref = reference_chi(chi, valid, method=ref_method, r2star=r2star, voxel_size=voxel_size)
-    return chi * valid, {"DipoleInversion": method, "DipoleInversionParameters": info, **ref}
+    return chi * valid, {"DipoleInversion": method, "DipoleInversionParameters": info, **extra, **ref}
 
 
 def run_stage(stage, input_dir, output_dir, *, method=None, params=None, preset=None, workers=None):

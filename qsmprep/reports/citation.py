@@ -19,7 +19,7 @@ from qsmprep import __version__
 
 #: stages in the order they run, with the words that introduce them
 _STAGE_ORDER = ("phase_units", "phase_offset", "denoise", "unwrapping", "combination", "r2star", "echo_average",
-                "masking", "background", "inversion", "reference")
+                "masking", "background", "inversion", "unringing", "reference")
 #: parameters that are bookkeeping rather than method settings
 _SKIP_PARAMS = {"lambda_rule", "refine", "mask"}
 
@@ -268,6 +268,9 @@ def methods_text(config, records, out_dir=None):
            use(f"reference:{ref.method}", _params_text(ref.params))]
     if inv.method == "medi" and inv.params.get("solver") == "admm":  # the solver, with its own reference
         chi.insert(2, use("inversion:medi:admm"))
+    unr = stages["unringing"] if "unringing" in stages else None
+    if unr is not None and unr.method != "none":  # (each acquisition's sidecar says whether its sampling allowed it)
+        chi.insert(-1, use(f"unringing:{unr.method}", _params_text(unr.params)))
     lines.append("**Susceptibility.** " + _sentences(chi) + " Susceptibility is given in ppm (SI, relative).")
     lines.append("")
     sep = stages.get("chi_separation")

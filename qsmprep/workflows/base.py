@@ -197,7 +197,8 @@ def init_single_subject_wf(*, records, bids_dir, output_dir, stages, echo_strate
         gre_wf = init_gre_wf(
             echo_times=rec.echo_times, b0=rec.b0, stages=stages, echo_strategy=echo_strategy,
             pad_voxels=pad_voxels, shape=rec.shape, omp_nthreads=omp_nthreads, user_mask=user_mask,
-            user_mask_source=user_mask_source, r2_map=r2_maps.get(rec.prefix), name=f"gre_{label}_wf",
+            user_mask_source=user_mask_source, r2_map=r2_maps.get(rec.prefix), sampling=rec.sampling,
+            name=f"gre_{label}_wf",
         )
         for part in ("magnitude", "phase", "real", "imag"):
             files = getattr(rec, part)

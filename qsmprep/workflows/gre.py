@@ -8,7 +8,7 @@ from nipype.pipeline import engine as pe
 from qsmprep.errors import InputError
 from qsmprep.interfaces.background import BackgroundRemoval
 from qsmprep.interfaces.echoes import EchoAverage, FitField, R2Star
-from qsmprep.interfaces.inversion import DipoleInversion, ReferenceChi
+from qsmprep.interfaces.inversion import DipoleInversion, ReferenceChi, UnringChi
 from qsmprep.interfaces.io import LoadGRE
 from qsmprep.interfaces.masking import BrainMask
 from qsmprep.interfaces.unwrap import RemovePhaseOffset, UnwrapPhase
@@ -39,7 +39,7 @@ def _stage(stages, name):
 
 def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=16,
                 shape=(1, 1, 1), omp_nthreads=1, user_mask=None, user_mask_source=None, r2_map=None,
-                name="gre_wf"):
+                sampling=None, name="gre_wf"):
     """Build the QSM/R2* workflow of one GRE acquisition.
 
     Parameters
@@ -51,7 +51,8 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     stages : dict
         ``{stage: {"method": str, "params": dict}}`` (or :class:`qsmprep.config.Stage`)
         for ``phase_units``, ``phase_offset``, ``unwrapping``, ``combination``, ``r2star``,
-        ``echo_average``, ``masking``, ``background``, ``inversion``, ``reference``.
+        ``echo_average``, ``masking``, ``background``, ``inversion``, ``unringing`` (optional:
+        none when absent), ``reference``.
     echo_strategy : {"combined", "per-echo"}
         Invert the echo-combined field, or each echo's local field and average.
     pad_voxels : int
@@ -67,6 +68,9 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         An R2 map (1/s) of the session for χ-separation's R2′ = R2* − R2 (``--r2-dir``),
         brought into the GRE grid by :class:`~qsmprep.interfaces.registration.AlignToGRE`;
         without one χ-separation uses the GRE-only approximation.
+    sampling : dict, optional
+        The first echo's sidecar values of :data:`qsmprep.qsm.unring.SAMPLING_KEYS`: which axes
+        the ``unringing`` stage corrects, or that it must not (:func:`qsmprep.qsm.unring.plan`).
 
     Inputs
     ------
@@ -163,6 +167,14 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     reference = pe.Node(ReferenceChi(method=ref_method), name="reference", mem_gb=_gb(4 * vol_bytes))
     if ref_method == "roi":
         reference.inputs.roi = ref_params["mask"]
+    unring_method, unring_params = _stage(stages, "unringing") if "unringing" in stages else ("none", {})
+    chi_src, chi_info_src = (inversion, "chi"), (inversion, "info")
+    if unring_method != "none":
+        unringing = pe.Node(UnringChi(params=unring_params, sampling=dict(sampling or {}), num_threads=omp_nthreads),
+                            name="unringing", n_procs=omp_nthreads, mem_gb=_gb(10 * vol_bytes))
+        workflow.connect([(inversion, unringing, [("chi", "chi"), ("info", "inversion_info")]),
+                          (background, unringing, [("mask", "mask")])])
+        chi_src, chi_info_src = (unringing, "chi"), (unringing, "info")
 
     offset_method, _ = _stage(stages, "phase_offset")
     if offset_method != "none":
@@ -196,7 +208,7 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         (average, inversion, [("average", "magnitude")]),
         (fit, inversion, [("uncertainty", "noise")]),
         (load, inversion, [("b0_dir", "b0_dir")]),
-        (inversion, reference, [("chi", "chi")]),
+        (chi_src[0], reference, [(chi_src[1], "chi")]),
         (background, reference, [("mask", "mask")]),
         (reference, outputnode, [("chi", "chi")]),
         (load, outputnode, [("phase_units", "phase_units"), ("b0_dir", "b0_dir"), ("magnitude", "magnitude4d")]),
@@ -243,7 +255,7 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
     )
     workflow.connect([
         (info_src[0], merge, [(info_src[1], "first")]),
-        (inversion, merge, [("info", "second")]),
+        (chi_info_src[0], merge, [(chi_info_src[1], "second")]),
         (reference, merge, [("info", "third")]),
         (merge, outputnode, [("out", "chi_info")]),
     ])
