@@ -56,10 +56,11 @@ METHODS = {
 #: with either method, so it costs no more time.  On the 1 mm phantom LBV's local field
 #: gives every inversion a better χ than PDF's (MEDI voxel NRMSE 0.13 vs 0.39, iLSQR 0.51 vs
 #: 0.70, TV 0.35 vs 0.60; README, ``benchmarks/bench_pipeline.py``); PDF stays one preset
-#: line away.  Unringing (Gibbs ringing of χ, local subvoxel shifts) is on: on the MNI head,
-#: whose signal is k-space cropped as every scan is, it lowers NRMSE by 0.8-1.1 points and
-#: halves the calcification moment error; on the demo (no truncation) it changes nothing that
-#: matters (README, "Gibbs ringing").
+#: line away.  Unringing (Gibbs ringing of χ, local subvoxel shifts) is on for voxels up to
+#: 1.1 mm: at 1 mm on the MNI head, whose signal is k-space cropped as every scan is, it lowers
+#: NRMSE by 0.8-1.1 points and halves the calcification moment error, and on the demo (no
+#: truncation) it changes nothing that matters; at 3 mm it blurs the nuclei on both families
+#: (README, "Gibbs ringing").
 DEFAULT_METHODS = {
     "phase_units": "auto", "phase_offset": "none", "denoise": "none", "unwrapping": "romeo",
     "combination": "linear", "r2star": "loglinear", "echo_average": "rss", "masking": "threshold", "background": "lbv",
@@ -95,7 +96,7 @@ LISTED_OPTIONS = {
     ("masking", "none"): ("refine", "grow_mm", "erode_mm"),
     ("chi_separation", "chisep"): ("lambda_", "lambda_rule", "edge_fraction", "r2"),
     ("denoise", "mppca"): ("patch_radius",),
-    ("unringing", "subvoxel-shift"): ("n_shifts", "min_window", "max_window"),
+    ("unringing", "subvoxel-shift"): ("max_voxel_mm", "n_shifts", "min_window", "max_window"),
 }
 
 #: Where the pipeline deliberately departs from a function's own default (a choice, not a
@@ -127,7 +128,8 @@ def signature_defaults(stage, method):
     if stage == "unringing" and method == "subvoxel-shift":
         from qsmprep.qsm import unring
 
-        return keyword_defaults(unring.unring, exclude=("axes", "mask", "workers"))
+        return {**keyword_defaults(unring.unring_as_planned, exclude=("workers",)),
+                **keyword_defaults(unring.unring, exclude=("axes", "mask", "workers"))}
     if stage == "chi_separation" and method == "chisep":
         from qsmprep.qsm import chisep
 

@@ -94,9 +94,11 @@ def test_outputs_and_sidecars(demo):
         assert chi_meta["DipoleInversionParameters"]["lambda"] == 5e-4
         assert chi_meta["UnwrappingMethod"] == "romeo" and chi_meta["EchoCombination"] == "linear"
         assert chi_meta["SkullStripped"] is True
-        # the demo's sidecars say MRAcquisitionType 3D: Gibbs ringing removed along all three axes
-        assert chi_meta["Unringing"]["Applied"] is True and chi_meta["Unringing"]["Axes"] == [0, 1, 2]
-        assert chi_meta["Unringing"]["Basis"].startswith("MRAcquisitionType 3D")
+        # the demo's sidecars say MRAcquisitionType 3D, but its 3 mm voxels are coarser than
+        # unringing's max_voxel_mm: not unringed, and the sidecar says why
+        unr = chi_meta["Unringing"]
+        assert unr["Applied"] is False and unr["Axes"] == [] and unr["Parameters"]["max_voxel_mm"] == 1.1
+        assert unr["Basis"].startswith("MRAcquisitionType 3D") and "coarser than max_voxel_mm" in unr["Basis"]
         # what the sidecars record is what the functions' signatures say (one source of defaults)
         from qsmprep.config import PIPELINE_CHOICES, default_stages, signature_defaults
 

@@ -73,6 +73,21 @@ def test_the_pipeline_used_its_default_background_removal(pipeline_run):
     assert meta["BackgroundRemoval"] == "lbv" and meta["DipoleInversion"] == "tkd"
 
 
+def test_the_1mm_chi_is_unringed_between_inversion_and_reference(pipeline_run):
+    """At 1 mm (within unringing's max_voxel_mm) the written χ is the inversion's χ unringed
+    on all three axes, then referenced to the mask's mean."""
+    from qsmprep.qsm.unring import unring
+
+    out = pipeline_run["root"] / "out/sub-01/anat/sub-01_Chimap"
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["Unringing"]["Applied"] is True and meta["Unringing"]["Axes"] == [0, 1, 2]
+    mask = pipeline_run["mask"]
+    expected = unring(pipeline_run["tkd"], mask=mask, workers=2)
+    expected = np.where(mask, expected - expected[mask].mean(dtype=np.float64), 0)
+    written = np.asarray(nib.load(str(out) + ".nii.gz").dataobj, dtype=np.float32)
+    assert np.abs(written - expected).max() < 1e-5
+
+
 @pytest.mark.parametrize("method", ["ilsqr", "medi", "tv", "rts"])
 def test_accuracy_from_the_pipelines_local_field(pipeline_run, method, tmp_path, monkeypatch):
     """Deep-grey ROI means within 0.01 ppm, slope 0.85–1.10, NRMSE ≥ 15 % better than TKD's."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qsmprep.qsm.unring import plan, unring
+from qsmprep.qsm.unring import plan, unring, unring_as_planned
 
 
 def _sampled_box(n, lo, hi):
@@ -114,3 +114,17 @@ def test_plan_reads_the_sampling_from_the_sidecar():
     assert unknown["axes"] == [0, 1, 2] and "absent" in unknown["basis"]
     assert "PartialFourier 0.75" in plan({"MRAcquisitionType": "3D", "PartialFourier": 0.75})["basis"]
     assert plan({"MRAcquisitionType": "3D", "Manufacturer": "GE"}).get("Manufacturer") is None
+
+
+def test_coarse_axes_are_left_alone():
+    """The oscillation window spans 8 voxels: coarser than max_voxel_mm (1.1 mm), the deep-grey
+    nuclei are narrower than that and would be blurred, so those axes are not unringed."""
+    p = plan({"MRAcquisitionType": "3D"}, (0.9, 0.9, 2.0), 1.1)
+    assert p["axes"] == [0, 1] and "axes [2] left alone: voxels of 2 mm" in p["basis"]
+    sampled, _ = _box3d(n=32, edges=((8.3, 20.6), (6.7, 22.2), (10.4, 19.9)))
+    chi, record = unring_as_planned(sampled, None, {"MRAcquisitionType": "3D"}, (3.0, 3.0, 3.0))
+    assert record["Applied"] is False and record["Axes"] == [] and np.array_equal(chi, sampled)
+    assert record["Parameters"] == {"max_voxel_mm": 1.1} and record["MRAcquisitionType"] == "3D"
+    chi, record = unring_as_planned(sampled, None, {"MRAcquisitionType": "3D"}, (1.0, 1.0, 1.0), n_shifts=10)
+    assert record["Applied"] is True and record["Axes"] == [0, 1, 2]
+    assert np.array_equal(chi, unring(sampled, n_shifts=10)) and record["Parameters"]["n_shifts"] == 10

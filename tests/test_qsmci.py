@@ -112,8 +112,10 @@ def test_config_json_overrides_and_params(contract, tmp_path):
     assert main(["stage", "dipole", str(local), str(tmp_path / "a"), "--method", "tkd"]) == 0
     meta = json.loads((tmp_path / "a" / "chimap.json").read_text())
     assert meta["DipoleInversionParameters"]["threshold"] == 0.1
-    # the participant's default unringing runs here too; the contract has no sampling to read
-    assert meta["Unringing"]["Applied"] is True and "MRAcquisitionType absent" in meta["Unringing"]["Basis"]
+    # the participant's default unringing is decided here too: the contract has no sampling to
+    # read (3D assumed, and said), and this phantom's 3 mm voxels are coarser than max_voxel_mm
+    unr = meta["Unringing"]
+    assert unr["Applied"] is False and "MRAcquisitionType absent" in unr["Basis"] and "coarser" in unr["Basis"]
     assert main(["stage", "dipole", str(local), str(tmp_path / "b"), "--method", "tkd",
                  "--params", '{"threshold": 0.3}']) == 0
     assert json.loads((tmp_path / "b" / "chimap.json").read_text())["DipoleInversionParameters"]["threshold"] == 0.3

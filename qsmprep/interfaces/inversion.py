@@ -79,7 +79,7 @@ class _UnringInputSpec(QSMInputSpec):
     mask = File(exists=True, mandatory=True, desc="mask of valid χ")
     inversion_info = traits.Dict(mandatory=True, desc="the inversion's sidecar record, passed on")
     sampling = traits.Dict(desc="the GRE sidecar's sampling keys (qsmprep.qsm.unring.SAMPLING_KEYS)")
-    params = traits.Dict(desc="n_shifts, min_window, max_window")
+    params = traits.Dict(desc="max_voxel_mm, n_shifts, min_window, max_window")
 
 
 class _UnringOutputSpec(TraitedSpec):
@@ -89,7 +89,7 @@ class _UnringOutputSpec(TraitedSpec):
 
 class UnringChi(SimpleInterface):
     """Gibbs-ringing removal of χ by local subvoxel shifts (:func:`qsmprep.qsm.unring.unring`),
-    on the axes :func:`qsmprep.qsm.unring.plan` reads from the acquisition's sidecar."""
+    on the axes :func:`qsmprep.qsm.unring.plan` reads from the acquisition's sidecar and voxel size."""
 
     input_spec = _UnringInputSpec
     output_spec = _UnringOutputSpec
@@ -99,7 +99,8 @@ class UnringChi(SimpleInterface):
         mask = load_mask(self.inputs.mask)
         params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
         sampling = dict(self.inputs.sampling) if isdefined(self.inputs.sampling) else {}
-        chi, record = unring_as_planned(chi, mask, sampling, workers=self.inputs.num_threads, **params)
+        chi, record = unring_as_planned(chi, mask, sampling, voxel_size_of(img), workers=self.inputs.num_threads,
+                                        **params)
         self._results["chi"] = save_like(chi * mask, img, "chi_unringed.nii", runtime.cwd)
         self._results["info"] = jsonable(dict(self.inputs.inversion_info, Unringing=record))
         return runtime

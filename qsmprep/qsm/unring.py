@@ -210,8 +210,8 @@ SAMPLING_KEYS = ("MRAcquisitionType", "SliceEncodingDirection", "AcquisitionMatr
                  "PartialFourier")
 
 
-def plan(sampling):
-    """Which axes to unring, from the acquisition's sidecar (``SAMPLING_KEYS``), and why.
+def plan(sampling, voxel_size=None, max_voxel_mm=None):
+    """Which axes to unring, from the acquisition's sidecar (``SAMPLING_KEYS``) and voxel size, and why.
 
     * ``ReconMatrixPE`` above ``AcquisitionMatrixPE``: the image was reconstructed on a finer
       grid than it was sampled on (zero-filled), so it rings with a longer period than one
@@ -219,6 +219,8 @@ def plan(sampling):
     * ``MRAcquisitionType`` ``2D``: the two in-plane axes; the slice axis is
       ``SliceEncodingDirection`` (i, j, k), else k (dcm2niix stacks slices along k).
     * ``3D``, or absent: all three axes (GRE for QSM is 3D-encoded); an absent type is said so.
+    * Of those, axes whose voxel is coarser than ``max_voxel_mm`` (when both are given) are left
+      alone (:func:`unring_as_planned` says why).
 
     Returns ``{"axes": [...], "basis": str}`` plus the sidecar values read; ``PartialFourier``
     below 1 is noted (the method corrects the symmetric ringing of full sampling).
@@ -258,16 +260,35 @@ def plan(sampling):
             notes.append(f"PartialFourier {pf}: the ringing is asymmetric and is corrected in part")
     except (TypeError, ValueError):
         pass
+    if voxel_size is not None and max_voxel_mm is not None:
+        coarse = [a for a in axes if float(voxel_size[a]) > max_voxel_mm]
+        if coarse:
+            axes = [a for a in axes if a not in coarse]
+            sizes = ", ".join(f"{float(voxel_size[a]):g}" for a in coarse)
+            notes.append(f"axes {coarse} left alone: voxels of {sizes} mm are coarser than max_voxel_mm "
+                         f"{max_voxel_mm:g}")
     out.update(axes=axes, basis="; ".join([basis] + notes))
     return out
 
 
-def unring_as_planned(chi, mask, sampling, *, workers=None, **params):
-    """``chi`` unringed on the axes :func:`plan` reads from ``sampling`` (none: returned as
-    it is); returns ``(χ, record)``, the record being the ``Unringing`` entry of χ's sidecar."""
-    decided = plan(sampling)
+def unring_as_planned(chi, mask, sampling, voxel_size=None, *, max_voxel_mm=1.1, workers=None, **params):
+    """``chi`` unringed on the axes :func:`plan` reads from ``sampling`` and ``voxel_size`` (none:
+    returned as it is); returns ``(χ, record)``, the record being the ``Unringing`` entry of χ's
+    sidecar.  ``params`` go to :func:`unring`.
+
+    ``max_voxel_mm``: axes with coarser voxels are not unringed.  The oscillation measure spans
+    2 ``max_window`` + 2 voxels (8 by default); where a structure is narrower than that, the
+    shifts blur it as if it were ringing.  The deep-grey nuclei, whose means are qsmprep's
+    main output, are 5-10 mm across, so they keep that width only at about 1 mm.  Measured
+    (README, "Gibbs ringing"): at 1 mm unringing lowers the deep-grey mean |error| or keeps
+    it on both phantom families; at 3 mm it doubles it on the demo (0.0042 → 0.0085 ppm,
+    slope 1.016 → 0.931) and raises it on the MNI head (Siemens-like 0.0034 → 0.0060 ppm);
+    at 2 mm the MNI head still gains (0.0063 → 0.0047 ppm), not yet checked on the demo.
+    1.1 mm admits 1 mm voxels (and their rounding in headers), the resolution validated on both.
+    """
+    decided = plan(sampling, voxel_size, max_voxel_mm)
     axes, basis = decided.pop("axes"), decided.pop("basis")
     if axes:
         chi = unring(chi, axes=axes, mask=mask, workers=workers, **params)
     return chi, {"Method": "subvoxel-shift", "Applied": bool(axes), "Axes": axes, "Basis": basis,
-                 "Parameters": dict(params), **decided}
+                 "Parameters": {"max_voxel_mm": max_voxel_mm, **params}, **decided}

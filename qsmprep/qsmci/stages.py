@@ -154,8 +154,8 @@ def dipole(local, valid, voxel_size, b0_dir, stages, magnitude=None, tes=None, n
         raise InputError(f"inversion {method}: {exc}") from None
     extra = {}
     unring_method, unring_params = stages.get("unringing", ("none", {}))
-    if unring_method != "none":  # the contract says nothing of the sampling: all three axes, as the sidecar says
-        chi, extra["Unringing"] = unring_as_planned(chi, valid, {}, workers=workers, **unring_params)
+    if unring_method != "none":  # the contract says nothing of the sampling: 3D assumed, as the sidecar says
+        chi, extra["Unringing"] = unring_as_planned(chi, valid, {}, voxel_size, workers=workers, **unring_params)
     if method == "medi+0":  # already zero in the CSF (MEDI+0's own reference)
         ref = {"ReferenceRegion": "csf (MEDI+0)"}
     else:
