@@ -153,8 +153,8 @@ def unring(image, *, axes=(0, 1, 2), mask=None, n_shifts=20, min_window=1, max_w
     Parameters
     ----------
     image : ndarray, shape (x, y, z)
-        Real image, e.g. χ (ppm).  Constants are kept exactly, so the result is the same
-        whatever reference χ has.
+        Real image, e.g. χ (ppm).  A constant added to it comes out added (to float32
+        rounding), so the result does not depend on χ's reference.
     axes : sequence of int
         The Fourier-encoded axes: all three for a 3D acquisition, the two in-plane axes for a
         2D (slice-wise) one.
