@@ -24,7 +24,7 @@ import numpy as np
 
 from qsmprep.dicom.export import source_identity
 from qsmprep.errors import InputError
-from qsmprep.qsm.unring import SAMPLING_KEYS
+from qsmprep.qsm.sampling import SAMPLING_KEYS
 
 LOGGER = logging.getLogger("nipype.workflow")
 
@@ -60,7 +60,7 @@ class GreRecord:
     #: the source DICOMs' patient and study tags from the first echo's sidecar
     #: (:func:`qsmprep.dicom.export.source_identity`; empty for anonymised data), for ``--dicom-export``
     identity: dict = field(default_factory=dict)
-    #: how the first echo was sampled (its sidecar's :data:`qsmprep.qsm.unring.SAMPLING_KEYS`
+    #: how the first echo was sampled (its sidecar's :data:`qsmprep.qsm.sampling.SAMPLING_KEYS`
     #: that are present), for the ``unringing`` stage
     sampling: dict = field(default_factory=dict)
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from qsmprep.qsm.unring import plan, unring, unring_as_planned
+from qsmprep.qsm.sampling import plan
+from qsmprep.qsm.unring import unring, unring_as_planned
 
 
 def _sampled_box(n, lo, hi):
@@ -110,6 +111,8 @@ def test_plan_reads_the_sampling_from_the_sidecar():
     two_d = plan({"MRAcquisitionType": "2D", "SliceEncodingDirection": "j-"})
     assert two_d["axes"] == [0, 2] and "SliceEncodingDirection" in two_d["basis"]
     assert plan({"MRAcquisitionType": "2D"})["axes"] == [0, 1]
+    odd = plan({"MRAcquisitionType": "2D", "SliceEncodingDirection": "z"})
+    assert odd["axes"] == [0, 1] and "'z' is not i, j or k" in odd["basis"]
     unknown = plan({})
     assert unknown["axes"] == [0, 1, 2] and "absent" in unknown["basis"]
     assert "PartialFourier 0.75" in plan({"MRAcquisitionType": "3D", "PartialFourier": 0.75})["basis"]

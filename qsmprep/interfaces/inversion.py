@@ -78,7 +78,7 @@ class _UnringInputSpec(QSMInputSpec):
     chi = File(exists=True, mandatory=True, desc="susceptibility (ppm) from the inversion")
     mask = File(exists=True, mandatory=True, desc="mask of valid χ")
     inversion_info = traits.Dict(mandatory=True, desc="the inversion's sidecar record, passed on")
-    sampling = traits.Dict(desc="the GRE sidecar's sampling keys (qsmprep.qsm.unring.SAMPLING_KEYS)")
+    sampling = traits.Dict(desc="the GRE sidecar's sampling keys (qsmprep.qsm.sampling.SAMPLING_KEYS)")
     params = traits.Dict(desc="max_voxel_mm, n_shifts, min_window, max_window")
 
 
@@ -89,7 +89,7 @@ class _UnringOutputSpec(TraitedSpec):
 
 class UnringChi(SimpleInterface):
     """Gibbs-ringing removal of χ by local subvoxel shifts (:func:`qsmprep.qsm.unring.unring`),
-    on the axes :func:`qsmprep.qsm.unring.plan` reads from the acquisition's sidecar and voxel size."""
+    on the axes :func:`qsmprep.qsm.sampling.plan` reads from the acquisition's sidecar and voxel size."""
 
     input_spec = _UnringInputSpec
     output_spec = _UnringOutputSpec

@@ -41,7 +41,8 @@ from NRMSE 13.6 % / XSIM 0.977 / deep-grey |1 − slope| 0.066 to 9.1 % / 0.994 
 The method assumes an image reconstructed from fully sampled, unfiltered k-space on its
 acquisition grid: data zero-filled to a finer grid ring with a longer period, and filtered or
 partial-Fourier data ring less or asymmetrically (MRtrix3's ``mrdegibbs`` documentation says
-the same).  The pipeline decides from the sidecar (README, "Algorithms and presets").
+the same).  The pipeline decides from the sidecar (:mod:`qsmprep.qsm.sampling`; README,
+"Algorithms and presets").
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmprep.qsm._numba import njit, num_threads, prange
+from qsmprep.qsm.sampling import plan
 
 
 @njit(parallel=True, cache=True)
@@ -205,76 +207,10 @@ def _masked(out, mask):
     return out.astype(np.float32, copy=False)
 
 
-#: The sidecar keys (of the GRE's first echo) :func:`plan` reads.
-SAMPLING_KEYS = ("MRAcquisitionType", "SliceEncodingDirection", "AcquisitionMatrixPE", "ReconMatrixPE",
-                 "PartialFourier")
-
-
-def plan(sampling, voxel_size=None, max_voxel_mm=None):
-    """Which axes to unring, from the acquisition's sidecar (``SAMPLING_KEYS``) and voxel size, and why.
-
-    * ``ReconMatrixPE`` above ``AcquisitionMatrixPE``: the image was reconstructed on a finer
-      grid than it was sampled on (zero-filled), so it rings with a longer period than one
-      voxel and the subvoxel shifts do not apply: not unringed (``axes`` empty).
-    * ``MRAcquisitionType`` ``2D``: the two in-plane axes; the slice axis is
-      ``SliceEncodingDirection`` (i, j, k), else k (dcm2niix stacks slices along k).
-    * ``3D``, or absent: all three axes (GRE for QSM is 3D-encoded); an absent type is said so.
-    * Of those, axes whose voxel is coarser than ``max_voxel_mm`` (when both are given) are left
-      alone (:func:`unring_as_planned` says why).
-
-    Returns ``{"axes": [...], "basis": str}`` plus the sidecar values read; ``PartialFourier``
-    below 1 is noted (the method corrects the symmetric ringing of full sampling).
-    """
-    sampling = {k: sampling[k] for k in SAMPLING_KEYS if sampling.get(k) is not None}
-    out = dict(sampling)
-    acq, recon = sampling.get("AcquisitionMatrixPE"), sampling.get("ReconMatrixPE")
-    notes = []
-    try:
-        zero_filled = acq is not None and recon is not None and float(recon) > float(acq)
-    except (TypeError, ValueError):
-        zero_filled = False
-        notes.append(f"AcquisitionMatrixPE {acq!r} / ReconMatrixPE {recon!r} not numbers: not checked")
-    if zero_filled:
-        out.update(axes=[], basis=f"not unringed: reconstructed on a finer grid than sampled (ReconMatrixPE "
-                                  f"{recon} > AcquisitionMatrixPE {acq}); zero-filled data ring over more "
-                                  f"than one voxel")
-        return out
-    kind = str(sampling.get("MRAcquisitionType", "")).upper()
-    if kind == "2D":
-        sed = str(sampling.get("SliceEncodingDirection", "k")).strip("-")
-        slice_axis = {"i": 0, "j": 1, "k": 2}.get(sed, 2)
-        axes = [a for a in (0, 1, 2) if a != slice_axis]
-        src = "SliceEncodingDirection" if "SliceEncodingDirection" in sampling else "k (dcm2niix's slice axis)"
-        basis = f"MRAcquisitionType 2D: in-plane axes {axes}, slice axis {slice_axis} from {src}"
-    elif kind == "3D":
-        axes, basis = [0, 1, 2], "MRAcquisitionType 3D: all three axes"
-    else:
-        axes = [0, 1, 2]
-        basis = ("MRAcquisitionType absent: 3D Fourier encoding assumed (all three axes)" if not kind
-                 else f"MRAcquisitionType {sampling['MRAcquisitionType']!r} unknown: all three axes")
-    if acq is None or recon is None:
-        notes.append("AcquisitionMatrixPE/ReconMatrixPE absent: zero-filling not checked")
-    pf = sampling.get("PartialFourier")
-    try:
-        if pf is not None and float(pf) < 1:
-            notes.append(f"PartialFourier {pf}: the ringing is asymmetric and is corrected in part")
-    except (TypeError, ValueError):
-        pass
-    if voxel_size is not None and max_voxel_mm is not None:
-        coarse = [a for a in axes if float(voxel_size[a]) > max_voxel_mm]
-        if coarse:
-            axes = [a for a in axes if a not in coarse]
-            sizes = ", ".join(f"{float(voxel_size[a]):g}" for a in coarse)
-            notes.append(f"axes {coarse} left alone: voxels of {sizes} mm are coarser than max_voxel_mm "
-                         f"{max_voxel_mm:g}")
-    out.update(axes=axes, basis="; ".join([basis] + notes))
-    return out
-
-
 def unring_as_planned(chi, mask, sampling, voxel_size=None, *, max_voxel_mm=1.1, workers=None, **params):
-    """``chi`` unringed on the axes :func:`plan` reads from ``sampling`` and ``voxel_size`` (none:
-    returned as it is); returns ``(χ, record)``, the record being the ``Unringing`` entry of χ's
-    sidecar.  ``params`` go to :func:`unring`.
+    """``chi`` unringed on the axes :func:`qsmprep.qsm.sampling.plan` reads from ``sampling`` and
+    ``voxel_size`` (none: returned as it is); returns ``(χ, record)``, the record being the
+    ``Unringing`` entry of χ's sidecar.  ``params`` go to :func:`unring`.
 
     ``max_voxel_mm``: axes with coarser voxels are not unringed.  The oscillation measure spans
     2 ``max_window`` + 2 voxels (8 by default); where a structure is narrower than that, the

@@ -69,8 +69,8 @@ def init_gre_wf(*, echo_times, b0, stages, echo_strategy="combined", pad_voxels=
         brought into the GRE grid by :class:`~qsmprep.interfaces.registration.AlignToGRE`;
         without one χ-separation uses the GRE-only approximation.
     sampling : dict, optional
-        The first echo's sidecar values of :data:`qsmprep.qsm.unring.SAMPLING_KEYS`: which axes
-        the ``unringing`` stage corrects, or that it must not (:func:`qsmprep.qsm.unring.plan`).
+        The first echo's sidecar values of :data:`qsmprep.qsm.sampling.SAMPLING_KEYS`: which axes
+        the ``unringing`` stage corrects, or that it must not (:func:`qsmprep.qsm.sampling.plan`).
 
     Inputs
     ------
